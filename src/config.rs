@@ -1,0 +1,462 @@
+//! The one configuration struct, its defaults, and the layering
+//! default -> TOML file -> `SUREPUSH_*` environment -> command-line flags.
+//!
+//! Environment variables name a config key in upper case with `__` between table and key:
+//! `SUREPUSH_LISTEN`, `SUREPUSH_STORAGE__DURABILITY`, `SUREPUSH_PUSH__HEARTBEAT_SECS`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the database, certificate and signing key live.
+    pub data_dir: PathBuf,
+    /// Serve plain HTTP instead of TLS (only behind a TLS-terminating load balancer).
+    pub insecure_http: bool,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+    pub tls: TlsConfig,
+    pub storage: StorageConfig,
+    pub push: PushConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; empty = `<data_dir>/tls/cert.pem`, self-signed on first run.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key; empty = `<data_dir>/tls/key.pem`.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Every acknowledged publish has been fsynced; concurrent publishes share one flush.
+    FlushEveryWrite,
+    /// Publishes are gathered for up to `group_commit_ms`, flushed together, then acknowledged.
+    GroupCommit,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub durability: Durability,
+    /// Gathering window for `group_commit` durability.
+    pub group_commit_ms: u64,
+    /// Events older than this are deleted (0 = keep forever).
+    pub retention_max_age_secs: u64,
+    /// At most this many events are kept per topic (0 = no limit).
+    pub retention_max_events_per_topic: u64,
+    /// Oldest events are deleted while the database is larger than this (0 = no limit).
+    pub retention_max_disk_bytes: u64,
+    /// How often retention runs.
+    pub retention_interval_secs: u64,
+    /// sled page cache size.
+    pub cache_bytes: u64,
+    /// Recent events kept in memory, pre-encoded, for fan-out without disk reads.
+    pub recent_events_in_memory: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Heartbeat (`surepush.ping`) interval on SSE streams.
+    pub heartbeat_secs: u64,
+    /// `retry:` sent on streams, randomised per connection in this range.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// `retry:` sent in close mode, where reconnecting is the normal path.
+    pub close_retry_min_ms: u64,
+    pub close_retry_max_ms: u64,
+    /// Size of the padding comment at the start of an SSE response.
+    pub padding_bytes: usize,
+    /// After the first event is ready, wait this long to batch more (close mode, long poll).
+    pub batch_window_ms: u64,
+    /// Default and maximum `timeout` for long polling and close mode.
+    pub poll_timeout_default_secs: u64,
+    pub poll_timeout_max_secs: u64,
+    /// Default and maximum `limit` of events per poll response.
+    pub poll_limit_default: usize,
+    pub poll_limit_max: usize,
+    /// Maximum `topic` parameters per subscription.
+    pub max_topics_per_subscription: usize,
+    /// A stream the client has not read from for this long (its buffers full) is closed.
+    pub slow_consumer_timeout_secs: u64,
+    /// Kernel send buffer per connection (0 = system default). Bounds what a slow client holds.
+    pub socket_send_buffer_bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub max_event_data_bytes: usize,
+    pub max_batch_len: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            data_dir: PathBuf::from("./surepush-data"),
+            insecure_http: false,
+            log_format: "text".into(),
+            tls: TlsConfig::default(),
+            storage: StorageConfig::default(),
+            push: PushConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            durability: Durability::FlushEveryWrite,
+            group_commit_ms: 2,
+            retention_max_age_secs: 7 * 24 * 3600,
+            retention_max_events_per_topic: 10_000,
+            retention_max_disk_bytes: 4 << 30,
+            retention_interval_secs: 60,
+            cache_bytes: 256 << 20,
+            recent_events_in_memory: 8192,
+        }
+    }
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            heartbeat_secs: 15,
+            retry_min_ms: 1000,
+            retry_max_ms: 5000,
+            close_retry_min_ms: 50,
+            close_retry_max_ms: 250,
+            padding_bytes: 2048,
+            batch_window_ms: 20,
+            poll_timeout_default_secs: 25,
+            poll_timeout_max_secs: 120,
+            poll_limit_default: 100,
+            poll_limit_max: 1000,
+            max_topics_per_subscription: 32,
+            slow_consumer_timeout_secs: 30,
+            socket_send_buffer_bytes: 0,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 1 << 20,
+            max_event_data_bytes: 256 << 10,
+            max_batch_len: 1000,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers in force.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub insecure_http: bool,
+    pub log_format: Option<String>,
+}
+
+const ENV_PREFIX: &str = "SUREPUSH_";
+
+impl Config {
+    /// Builds the effective configuration from all layers. Returns it with warnings
+    /// (unknown `SUREPUSH_*` variables) for the caller to log once logging is up.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let known = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut warnings = Vec::new();
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if key == "CONFIG" || key == "LOG" {
+                continue; // read by the CLI itself
+            }
+            let path: Vec<String> = key.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if !key_known(&known, &path) {
+                warnings.push(format!(
+                    "ignoring unknown environment variable {name} (no config key {})",
+                    path.join(".")
+                ));
+                continue;
+            }
+            set_path(&mut tree, &path, env_value(&value));
+        }
+        let mut config: Config = tree
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if overrides.insecure_http {
+            config.insecure_http = true;
+        }
+        if let Some(f) = &overrides.log_format {
+            config.log_format = f.clone();
+        }
+        config.validate()?;
+        Ok((config, warnings))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let p = &self.push;
+        if p.heartbeat_secs == 0 {
+            return bad("push.heartbeat_secs must be at least 1");
+        }
+        if p.retry_min_ms > p.retry_max_ms || p.close_retry_min_ms > p.close_retry_max_ms {
+            return bad("push retry ranges must have min <= max");
+        }
+        if p.poll_timeout_default_secs > p.poll_timeout_max_secs {
+            return bad("push.poll_timeout_default_secs must not exceed poll_timeout_max_secs");
+        }
+        if p.poll_limit_default == 0 || p.poll_limit_default > p.poll_limit_max {
+            return bad("push.poll_limit_default must be 1..=poll_limit_max");
+        }
+        if p.max_topics_per_subscription == 0 {
+            return bad("push.max_topics_per_subscription must be at least 1");
+        }
+        if self.limits.max_batch_len == 0 || self.limits.max_body_bytes < 64 {
+            return bad("limits.max_batch_len must be >= 1 and limits.max_body_bytes >= 64");
+        }
+        if self.storage.retention_interval_secs == 0 {
+            return bad("storage.retention_interval_secs must be at least 1");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format must be \"text\" or \"json\"");
+        }
+        Ok(())
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.tls
+            .cert_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls").join("cert.pem"))
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.tls
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls").join("key.pem"))
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+
+    /// The effective configuration as TOML (this config has no secrets of its own yet;
+    /// key material lives in files and is referred to by path).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn key_known(known: &toml::Table, path: &[String]) -> bool {
+    let mut table = known;
+    for (i, part) in path.iter().enumerate() {
+        match table.get(part) {
+            Some(toml::Value::Table(t)) if i + 1 < path.len() => table = t,
+            Some(toml::Value::Table(_)) => return false,
+            Some(_) => return i + 1 == path.len(),
+            // Option fields serialise to nothing when None; accept known optional leaves.
+            None => return i + 1 == path.len() && optional_leaf(&path[..i], part),
+        }
+    }
+    false
+}
+
+fn optional_leaf(table: &[String], key: &str) -> bool {
+    table == ["tls"] && matches!(key, "cert_file" | "key_file")
+}
+
+/// An environment value as TOML: booleans and numbers keep their type, anything else is a string.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    toml::Value::String(raw.to_string())
+}
+
+fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
+    let (last, parents) = match path.split_last() {
+        Some(x) => x,
+        None => return,
+    };
+    let mut table = tree;
+    for part in parents {
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => return,
+        };
+    }
+    table.insert(last.clone(), value);
+}
+
+/// The commented configuration `surepush init` writes; a test parses it, so it cannot drift.
+pub const EXAMPLE_CONFIG: &str = include_str!("../packaging/surepush.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let (c, w) = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(w.is_empty());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
+    }
+
+    #[test]
+    fn precedence_flag_over_env_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:1000\"\ndata_dir = \"/file\"\n[push]\nheartbeat_secs = 7\n",
+        )
+        .unwrap();
+        let (c, _) = Config::load(Some(&f), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 1000);
+        assert_eq!(c.push.heartbeat_secs, 7);
+        let e = env(&[
+            ("SUREPUSH_LISTEN", "127.0.0.1:2000"),
+            ("SUREPUSH_DATA_DIR", "/env"),
+            ("SUREPUSH_PUSH__HEARTBEAT_SECS", "9"),
+            ("SUREPUSH_STORAGE__DURABILITY", "group_commit"),
+            ("OTHER", "x"),
+        ]);
+        let (c, w) = Config::load(Some(&f), e.clone(), &Overrides::default()).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.data_dir, PathBuf::from("/env"));
+        assert_eq!(c.push.heartbeat_secs, 9);
+        assert_eq!(c.storage.durability, Durability::GroupCommit);
+        let o = Overrides {
+            listen: Some("127.0.0.1:3000".parse().unwrap()),
+            data_dir: None,
+            insecure_http: true,
+            log_format: None,
+        };
+        let (c, _) = Config::load(Some(&f), e, &o).unwrap();
+        assert_eq!(c.listen.port(), 3000);
+        assert_eq!(c.data_dir, PathBuf::from("/env"));
+        assert!(c.insecure_http);
+    }
+
+    #[test]
+    fn unknown_env_warns_unknown_file_key_fails() {
+        let (_, w) = Config::load(
+            None,
+            env(&[("SUREPUSH_NOPE", "1"), ("SUREPUSH_PUSH__NOPE", "1")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(Some(&f), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        std::fs::write(&f, "listen = [").unwrap();
+        assert!(matches!(
+            Config::load(Some(&f), env(&[]), &Overrides::default()),
+            Err(ConfigError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn tls_paths_from_env() {
+        let (c, w) = Config::load(
+            None,
+            env(&[("SUREPUSH_TLS__CERT_FILE", "/etc/c.pem")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(w.is_empty());
+        assert_eq!(c.cert_path(), PathBuf::from("/etc/c.pem"));
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let e = env(&[("SUREPUSH_PUSH__HEARTBEAT_SECS", "0")]);
+        assert!(Config::load(None, e, &Overrides::default()).is_err());
+        let e = env(&[("SUREPUSH_STORAGE__DURABILITY", "sometimes")]);
+        assert!(Config::load(None, e, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let parsed: Config = toml::from_str(EXAMPLE_CONFIG).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+}

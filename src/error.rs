@@ -1,0 +1,145 @@
+//! The HTTP edge of every error: one enum, one mapping to status + JSON body
+//! `{"error": "<stable code>", "message": "<sentence>"}`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request: query parameters, ids, JSON syntax (400).
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// Well-formed but unacceptable content (422).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    /// Over a size limit (413).
+    #[error("{message}")]
+    TooLarge { code: &'static str, message: String },
+    #[error("no such resource: {0}")]
+    NotFound(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    /// Temporarily unable to serve (503, with Retry-After).
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Unprocessable {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::TooLarge {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. }
+            | ApiError::Unprocessable { code, .. }
+            | ApiError::TooLarge { code, .. }
+            | ApiError::Unavailable { code, .. } => code,
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Closed => ApiError::Unavailable {
+                code: "shutting_down",
+                message: "the server is shutting down; retry shortly".into(),
+                retry_after_secs: 2,
+            },
+            other => {
+                tracing::error!(error = %other, "storage error");
+                ApiError::Unavailable {
+                    code: "storage_unavailable",
+                    message: format!("storage failed: {other}"),
+                    retry_after_secs: 5,
+                }
+            }
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        resp.insert_header((header::CACHE_CONTROL, "no-store"));
+        if let ApiError::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        resp.json(ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    #[test]
+    fn maps_to_status_and_json() {
+        let e = ApiError::too_large("body_too_large", "too big");
+        let r = e.error_response();
+        assert_eq!(r.status(), 413);
+        let body = r.into_body().try_into_bytes().unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"error":"body_too_large","message":"too big"}"#
+        );
+        let r = ApiError::from(StoreError::Closed).error_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers().get("retry-after").unwrap(), "2");
+    }
+}

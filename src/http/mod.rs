@@ -1,0 +1,43 @@
+//! HTTP handlers. Each module registers its routes; handlers stay thin.
+
+mod body;
+mod ops;
+mod params;
+mod poll;
+mod publish;
+mod sse;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::error::ApiError;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    ops::configure(cfg);
+    publish::configure(cfg);
+    sse::configure(cfg);
+    poll::configure(cfg);
+    cfg.default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(req.path().to_string()))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(req.method().to_string()))
+}
+
+/// A resource that answers 405 (JSON) to methods it has no route for.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// "1.0", "1.1" or "2", for metrics and the hello event.
+pub fn http_version(req: &HttpRequest) -> &'static str {
+    match req.version() {
+        actix_web::http::Version::HTTP_2 => "2",
+        actix_web::http::Version::HTTP_11 => "1.1",
+        actix_web::http::Version::HTTP_3 => "3",
+        _ => "1.0",
+    }
+}

@@ -1,0 +1,200 @@
+//! In-memory wake-ups for subscribers, after a durable write.
+//!
+//! The hub carries no event data: a wake-up only tells a subscriber to re-read the log
+//! from its cursor, so a missed or extra wake-up can delay, never lose or duplicate.
+//! Subscribers are indexed by pattern shape, so a publish to `users/42` wakes only the
+//! subscribers of `users/42`, `users/*`, `users/**` and `**`: an idle subscriber is
+//! never woken by other topics' traffic.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::Notify;
+
+use crate::model::{Pattern, Topic};
+
+type Waiters = HashMap<String, HashMap<u64, Arc<Notify>>>;
+
+#[derive(Default)]
+struct Registry {
+    exact: Waiters,
+    one_level: Waiters,
+    any_depth: Waiters,
+}
+
+impl Registry {
+    fn map_for<'a>(&'a mut self, p: &'a Pattern) -> (&'a mut Waiters, &'a str) {
+        match p {
+            Pattern::Exact(t) => (&mut self.exact, t),
+            Pattern::OneLevel(t) => (&mut self.one_level, t),
+            Pattern::AnyDepth(t) => (&mut self.any_depth, t),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Hub {
+    registry: RwLock<Registry>,
+    next_id: AtomicU64,
+}
+
+/// A registration; dropping it unregisters.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    id: u64,
+    patterns: Vec<Pattern>,
+    notify: Arc<Notify>,
+}
+
+impl Subscription {
+    /// Resolves when a matching topic was written since the last call (a stored permit
+    /// means a wake-up that happened between two reads is not missed).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut reg = match self.hub.registry.write() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for p in &self.patterns {
+            let (map, key) = reg.map_for(p);
+            if let Some(waiters) = map.get_mut(key) {
+                waiters.remove(&self.id);
+                if waiters.is_empty() {
+                    let key = key.to_string();
+                    map.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+impl Hub {
+    pub fn new() -> Arc<Hub> {
+        Arc::new(Hub::default())
+    }
+
+    pub fn subscribe(self: &Arc<Self>, patterns: &[Pattern]) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        let mut unique: Vec<Pattern> = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            if !unique.contains(p) {
+                unique.push(p.clone());
+            }
+        }
+        {
+            let mut reg = match self.registry.write() {
+                Ok(r) => r,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for p in &unique {
+                let (map, key) = reg.map_for(p);
+                map.entry(key.to_string())
+                    .or_default()
+                    .insert(id, notify.clone());
+            }
+        }
+        Subscription {
+            hub: self.clone(),
+            id,
+            patterns: unique,
+            notify,
+        }
+    }
+
+    /// Wakes every subscriber whose patterns match one of these topics.
+    pub fn notify<'a>(&self, topics: impl IntoIterator<Item = &'a Topic>) {
+        let reg = match self.registry.read() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let wake = |w: Option<&HashMap<u64, Arc<Notify>>>| {
+            for n in w.into_iter().flat_map(|m| m.values()) {
+                n.notify_one();
+            }
+        };
+        for topic in topics {
+            wake(reg.exact.get(topic.as_str()));
+            wake(reg.one_level.get(topic.parent()));
+            for ancestor in topic.ancestors() {
+                wake(reg.any_depth.get(ancestor));
+            }
+        }
+    }
+
+    /// Number of live subscriptions (for tests and the admin UI).
+    pub fn subscriber_count(&self) -> usize {
+        let reg = match self.registry.read() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut ids = std::collections::HashSet::new();
+        for map in [&reg.exact, &reg.one_level, &reg.any_depth] {
+            for w in map.values() {
+                ids.extend(w.keys().copied());
+            }
+        }
+        ids.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pats(ps: &[&str]) -> Vec<Pattern> {
+        ps.iter().map(|p| Pattern::parse(p).unwrap()).collect()
+    }
+
+    async fn woken(s: &Subscription) -> bool {
+        tokio::time::timeout(Duration::from_millis(20), s.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn wakes_only_matching_subscribers() {
+        let hub = Hub::new();
+        let exact = hub.subscribe(&pats(&["users/42"]));
+        let other = hub.subscribe(&pats(&["users/43"]));
+        let one = hub.subscribe(&pats(&["users/*"]));
+        let deep = hub.subscribe(&pats(&["users/**"]));
+        let all = hub.subscribe(&pats(&["**"]));
+        let root_one = hub.subscribe(&pats(&["*"]));
+        hub.notify([&Topic::parse("users/42").unwrap()]);
+        assert!(woken(&exact).await);
+        assert!(!woken(&other).await);
+        assert!(woken(&one).await);
+        assert!(woken(&deep).await);
+        assert!(woken(&all).await);
+        assert!(!woken(&root_one).await);
+        hub.notify([&Topic::parse("users/42/x").unwrap()]);
+        assert!(!woken(&exact).await);
+        assert!(!woken(&one).await);
+        assert!(woken(&deep).await);
+        hub.notify([&Topic::parse("users").unwrap()]);
+        assert!(woken(&root_one).await);
+        assert!(!woken(&deep).await);
+    }
+
+    #[tokio::test]
+    async fn permit_is_kept_and_drop_unregisters() {
+        let hub = Hub::new();
+        let s = hub.subscribe(&pats(&["a", "a", "b/**"]));
+        assert_eq!(hub.subscriber_count(), 1);
+        hub.notify([&Topic::parse("a").unwrap()]);
+        hub.notify([&Topic::parse("a").unwrap()]);
+        assert!(woken(&s).await, "permit stored while not waiting");
+        assert!(!woken(&s).await, "permits do not accumulate");
+        drop(s);
+        assert_eq!(hub.subscriber_count(), 0);
+        assert!(hub.registry.read().unwrap().exact.is_empty());
+    }
+}

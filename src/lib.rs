@@ -1,0 +1,16 @@
+//! surepush: server-to-browser push that always arrives.
+//!
+//! A durable event log (sled) behind an HTTPS endpoint (actix-web + rustls) that
+//! delivers through SSE, SSE close-after-batch, long polling and polling.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod stall;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,21 @@
+use clap::Parser;
+use surepush::cli::{self, Cli, Command};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => cli::serve::run(a).await,
+        Command::PrintConfig(a) => cli::serve::print_config(a),
+        Command::Init(a) => cli::init::run(a),
+        Command::Publish(a) => cli::publish::run(a).await,
+        Command::Tail(a) => cli::tail::run(a).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("surepush: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Prometheus metrics, one registry per server, rendered at `/metrics`.
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub transport: &'static str,
+    pub http: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Family<ConnLabels, Gauge>,
+    pub events_published: Counter,
+    pub events_delivered: Family<TransportLabel, Counter>,
+    pub fallbacks: Family<ReasonLabel, Counter>,
+    pub slow_consumer_disconnects: Counter,
+    pub retention_deleted: Counter,
+    pub storage_bytes: Gauge,
+    pub commit_group_events: Histogram,
+    pub publish_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("surepush");
+        let connections = Family::<ConnLabels, Gauge>::default();
+        registry.register(
+            "connections",
+            "Open subscriber connections by transport and HTTP version",
+            connections.clone(),
+        );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "Events acknowledged by the log",
+            events_published.clone(),
+        );
+        let events_delivered = Family::<TransportLabel, Counter>::default();
+        registry.register(
+            "events_delivered",
+            "Events written to subscribers, by transport",
+            events_delivered.clone(),
+        );
+        let fallbacks = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "fallbacks",
+            "Transport fallbacks reported by clients, by reason",
+            fallbacks.clone(),
+        );
+        let slow_consumer_disconnects = Counter::default();
+        registry.register(
+            "slow_consumer_disconnects",
+            "Streams closed because the client stopped reading",
+            slow_consumer_disconnects.clone(),
+        );
+        let retention_deleted = Counter::default();
+        registry.register(
+            "retention_deleted_events",
+            "Events deleted by retention",
+            retention_deleted.clone(),
+        );
+        let storage_bytes = Gauge::default();
+        registry.register(
+            "storage_bytes",
+            "Size of the database on disk",
+            storage_bytes.clone(),
+        );
+        let commit_group_events = Histogram::new(
+            [1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0].into_iter(),
+        );
+        registry.register(
+            "commit_group_events",
+            "Events made durable by one flush (group commit size)",
+            commit_group_events.clone(),
+        );
+        let publish_errors = Counter::default();
+        registry.register(
+            "publish_errors",
+            "Publishes that failed in storage",
+            publish_errors.clone(),
+        );
+        Metrics {
+            registry,
+            connections,
+            events_published,
+            events_delivered,
+            fallbacks,
+            slow_consumer_disconnects,
+            retention_deleted,
+            storage_bytes,
+            commit_group_events,
+            publish_errors,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.push_str("# metrics encoding failed\n");
+        }
+        out
+    }
+
+    pub fn delivered(&self, transport: &'static str, n: usize) {
+        if n > 0 {
+            self.events_delivered
+                .get_or_create(&TransportLabel { transport })
+                .inc_by(n as u64);
+        }
+    }
+}
+
+/// Counts a connection in `surepush_connections` while alive.
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl ConnectionGuard {
+    pub fn new(metrics: &Metrics, transport: &'static str, http: &'static str) -> Self {
+        let gauge = metrics
+            .connections
+            .get_or_create(&ConnLabels { transport, http })
+            .clone();
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}

@@ -1,0 +1,342 @@
+//! The vocabulary of the wire contract: topics, subscription patterns and event ids.
+//!
+//! Parsing lives here, next to the types, so every entry point (HTTP, CLI, store) agrees
+//! on what a valid topic, pattern or id is.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// Longest topic name accepted, in bytes (contract: 1-256 bytes).
+pub const MAX_TOPIC_LEN: usize = 256;
+/// Longest event type accepted, in bytes.
+pub const MAX_TYPE_LEN: usize = 128;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("topic must be 1-{MAX_TOPIC_LEN} bytes, got {0}")]
+    TopicLength(usize),
+    #[error("topic {0:?} has an empty segment (a leading, trailing or double '/')")]
+    EmptySegment(String),
+    #[error("topic {topic:?} contains {ch:?}; segments allow only A-Z a-z 0-9 _ . ~ -")]
+    BadTopicChar { topic: String, ch: char },
+    #[error("pattern {0:?}: a wildcard may only be the last segment, as '/*' or '/**'")]
+    BadWildcard(String),
+    #[error("event type must be 1-{MAX_TYPE_LEN} bytes of A-Z a-z 0-9 _ . ~ - : / (got {0:?})")]
+    BadType(String),
+    #[error("{0:?} is not an event id issued by this server (expected SEQ-EPOCH, e.g. \"42-1a2b3c4d\")")]
+    BadId(String),
+}
+
+fn segment_ok(seg: &str) -> Option<char> {
+    seg.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '~' | '-')))
+}
+
+fn check_segments(full: &str, segments: &str) -> Result<(), ModelError> {
+    for seg in segments.split('/') {
+        if seg.is_empty() {
+            return Err(ModelError::EmptySegment(full.to_string()));
+        }
+        if let Some(ch) = segment_ok(seg) {
+            return Err(ModelError::BadTopicChar {
+                topic: full.to_string(),
+                ch,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A validated topic name such as `users/42`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(String);
+
+impl Topic {
+    pub fn parse(s: &str) -> Result<Topic, ModelError> {
+        if s.is_empty() || s.len() > MAX_TOPIC_LEN {
+            return Err(ModelError::TopicLength(s.len()));
+        }
+        check_segments(s, s)?;
+        Ok(Topic(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The topic without its last segment (`""` for a single-segment topic).
+    pub fn parent(&self) -> &str {
+        match self.0.rfind('/') {
+            Some(i) => &self.0[..i],
+            None => "",
+        }
+    }
+
+    /// Every proper ancestor, from the root `""` down to the parent:
+    /// `a/b/c` -> `""`, `a`, `a/b`.
+    pub fn ancestors(&self) -> impl Iterator<Item = &str> {
+        std::iter::once("").chain(self.0.match_indices('/').map(|(i, _)| &self.0[..i]))
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A subscription pattern: an exact topic, `prefix/*` (exactly one more segment) or
+/// `prefix/**` (any depth below prefix). `*` and `**` alone match from the root.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Pattern {
+    Exact(String),
+    OneLevel(String),
+    AnyDepth(String),
+}
+
+impl Pattern {
+    pub fn parse(s: &str) -> Result<Pattern, ModelError> {
+        if s.is_empty() || s.len() > MAX_TOPIC_LEN {
+            return Err(ModelError::TopicLength(s.len()));
+        }
+        let (prefix, ctor): (&str, fn(String) -> Pattern) = match s {
+            "*" => return Ok(Pattern::OneLevel(String::new())),
+            "**" => return Ok(Pattern::AnyDepth(String::new())),
+            _ => {
+                if let Some(p) = s.strip_suffix("/**") {
+                    (p, Pattern::AnyDepth)
+                } else if let Some(p) = s.strip_suffix("/*") {
+                    (p, Pattern::OneLevel)
+                } else {
+                    (s, Pattern::Exact)
+                }
+            }
+        };
+        if prefix.contains('*') {
+            return Err(ModelError::BadWildcard(s.to_string()));
+        }
+        check_segments(s, prefix)?;
+        Ok(ctor(prefix.to_string()))
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Pattern::Exact(t) => t == topic,
+            Pattern::OneLevel(p) => match below(p, topic) {
+                Some(rest) => !rest.contains('/'),
+                None => false,
+            },
+            Pattern::AnyDepth(p) => below(p, topic).is_some(),
+        }
+    }
+
+    /// The topic-name prefix every matching topic starts with (for index scans).
+    pub fn scan_prefix(&self) -> String {
+        match self {
+            Pattern::Exact(t) => t.clone(),
+            Pattern::OneLevel(p) | Pattern::AnyDepth(p) if p.is_empty() => String::new(),
+            Pattern::OneLevel(p) | Pattern::AnyDepth(p) => format!("{p}/"),
+        }
+    }
+}
+
+/// The part of `topic` strictly below `prefix`, if `topic` is below it.
+fn below<'a>(prefix: &str, topic: &'a str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        return (!topic.is_empty()).then_some(topic);
+    }
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    (!rest.is_empty()).then_some(rest)
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Exact(t) => f.write_str(t),
+            Pattern::OneLevel(p) if p.is_empty() => f.write_str("*"),
+            Pattern::AnyDepth(p) if p.is_empty() => f.write_str("**"),
+            Pattern::OneLevel(p) => write!(f, "{p}/*"),
+            Pattern::AnyDepth(p) => write!(f, "{p}/**"),
+        }
+    }
+}
+
+/// True when any pattern matches the topic.
+pub fn any_match(patterns: &[Pattern], topic: &str) -> bool {
+    patterns.iter().any(|p| p.matches(topic))
+}
+
+pub fn validate_type(t: &str) -> Result<(), ModelError> {
+    let ok = !t.is_empty()
+        && t.len() <= MAX_TYPE_LEN
+        && t.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '~' | '-' | ':' | '/')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::BadType(t.to_string()))
+    }
+}
+
+/// An event id: the global sequence number plus the epoch of the database that issued
+/// it, so an id from a different (wiped or replaced) database is recognised as foreign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId {
+    pub seq: u64,
+    pub epoch: u32,
+}
+
+/// What a client asked to resume from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// No cursor given: only events accepted from now on.
+    Now,
+    /// `0`: everything still retained.
+    Beginning,
+    /// A sequence number without epoch (hand-typed); trusted to be ours.
+    Seq(u64),
+    /// A full id as issued.
+    Id(EventId),
+}
+
+impl EventId {
+    pub fn parse(s: &str) -> Result<EventId, ModelError> {
+        let bad = || ModelError::BadId(s.to_string());
+        let (seq, epoch) = s.split_once('-').ok_or_else(bad)?;
+        if seq.is_empty() || epoch.len() != 8 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        Ok(EventId {
+            seq: seq.parse().map_err(|_| bad())?,
+            epoch: u32::from_str_radix(epoch, 16).map_err(|_| bad())?,
+        })
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{:08x}", self.seq, self.epoch)
+    }
+}
+
+impl Since {
+    /// Parses a `since` / `Last-Event-ID` value. Empty means "now".
+    pub fn parse(s: &str) -> Result<Since, ModelError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(Since::Now);
+        }
+        if s == "0" {
+            return Ok(Since::Beginning);
+        }
+        if s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse()
+                .map(Since::Seq)
+                .map_err(|_| ModelError::BadId(s.to_string()));
+        }
+        EventId::parse(s).map(Since::Id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics() {
+        assert!(Topic::parse("users/42").is_ok());
+        assert!(Topic::parse("a.b~c_d-e/F9").is_ok());
+        assert_eq!(Topic::parse(""), Err(ModelError::TopicLength(0)));
+        assert!(Topic::parse(&"a".repeat(257)).is_err());
+        assert!(Topic::parse(&"a".repeat(256)).is_ok());
+        assert!(matches!(
+            Topic::parse("a//b"),
+            Err(ModelError::EmptySegment(_))
+        ));
+        assert!(Topic::parse("/a").is_err());
+        assert!(Topic::parse("a/").is_err());
+        assert!(matches!(
+            Topic::parse("a b"),
+            Err(ModelError::BadTopicChar { ch: ' ', .. })
+        ));
+        assert!(Topic::parse("a/*").is_err());
+        assert!(Topic::parse("é").is_err());
+    }
+
+    #[test]
+    fn ancestors_and_parent() {
+        let t = Topic::parse("a/b/c").unwrap();
+        assert_eq!(t.ancestors().collect::<Vec<_>>(), vec!["", "a", "a/b"]);
+        assert_eq!(t.parent(), "a/b");
+        assert_eq!(Topic::parse("a").unwrap().parent(), "");
+    }
+
+    #[test]
+    fn patterns() {
+        let p = Pattern::parse("users/*").unwrap();
+        assert!(p.matches("users/42"));
+        assert!(!p.matches("users/42/x"));
+        assert!(!p.matches("users"));
+        assert!(!p.matches("usersx/1"));
+        let p = Pattern::parse("users/**").unwrap();
+        assert!(p.matches("users/42"));
+        assert!(p.matches("users/42/x"));
+        assert!(!p.matches("users"));
+        assert!(!p.matches("users2/1"));
+        let p = Pattern::parse("users/42").unwrap();
+        assert!(p.matches("users/42"));
+        assert!(!p.matches("users/43"));
+        assert!(!p.matches("users/420"));
+        assert!(Pattern::parse("*").unwrap().matches("a"));
+        assert!(!Pattern::parse("*").unwrap().matches("a/b"));
+        assert!(Pattern::parse("**").unwrap().matches("a/b"));
+        for bad in ["", "a/*/b", "a*", "a/**/b", "/*", "a//*", "a/***", "a b/*"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad} should be rejected");
+        }
+        for s in ["users/42", "users/*", "users/**", "*", "**"] {
+            assert_eq!(Pattern::parse(s).unwrap().to_string(), s);
+        }
+        assert_eq!(Pattern::parse("a/*").unwrap().scan_prefix(), "a/");
+        assert_eq!(Pattern::parse("**").unwrap().scan_prefix(), "");
+    }
+
+    #[test]
+    fn ids() {
+        let id = EventId {
+            seq: 42,
+            epoch: 0x1a2b3c4d,
+        };
+        assert_eq!(id.to_string(), "42-1a2b3c4d");
+        assert_eq!(EventId::parse("42-1a2b3c4d"), Ok(id));
+        for bad in [
+            "",
+            "42",
+            "-1a2b3c4d",
+            "x-1a2b3c4d",
+            "42-1a2b",
+            "42-zzzzzzzz",
+            "99999999999999999999999-00000000",
+            "+4-00000000",
+        ] {
+            assert!(EventId::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Since::parse(""), Ok(Since::Now));
+        assert_eq!(Since::parse("0"), Ok(Since::Beginning));
+        assert_eq!(Since::parse("17"), Ok(Since::Seq(17)));
+        assert_eq!(Since::parse("42-1a2b3c4d"), Ok(Since::Id(id)));
+        assert!(Since::parse("abc").is_err());
+        assert!(Since::parse("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn types() {
+        assert!(validate_type("job.completed").is_ok());
+        assert!(validate_type("a:b/c").is_ok());
+        assert!(validate_type("").is_err());
+        assert!(validate_type("a\nb").is_err());
+        assert!(validate_type(&"a".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! Building the server: state, listener, TLS, background tasks, graceful shutdown.
+
+use std::any::Any;
+use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Extensions;
+use actix_web::{web, App, HttpServer};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::stall::StallWatch;
+use crate::store::{blocking, now_ms, EventLog, StoreError};
+use crate::tls::{self, TlsError};
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen: {0}")]
+    Listen(std::io::Error),
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// Everything a handler needs, built once and cloned cheaply.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub log: Arc<EventLog>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub stalls: Arc<StallWatch>,
+    /// Becomes true when the server is shutting down: streams say goodbye and end.
+    pub shutdown: watch::Receiver<bool>,
+    pub started: Instant,
+}
+
+/// Per-connection facts captured when the connection is accepted.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub fd: RawFd,
+}
+
+/// Prepares the data directory: database dir, certificate (self-signed on first run when
+/// the default paths are used) and signing key.
+pub fn prepare_data_dir(config: &Config) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    if !config.insecure_http
+        && tls::ensure_self_signed(&config.cert_path(), &config.key_path(), &tls::default_names())?
+    {
+        tracing::info!(cert = %config.cert_path().display(), "created a self-signed certificate");
+    }
+    tls::ensure_signing_key(&config.data_dir.join("signing.key"))?;
+    Ok(())
+}
+
+fn on_connect(socket_send_buffer: usize) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
+    move |conn, ext| {
+        type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+        let tcp = if let Some(tls) = conn.downcast_ref::<Tls>() {
+            Some(tls.get_ref().0)
+        } else {
+            conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+        };
+        if let Some(tcp) = tcp {
+            if socket_send_buffer > 0 {
+                let _ = socket2::SockRef::from(tcp).set_send_buffer_size(socket_send_buffer);
+            }
+            ext.insert(ConnInfo {
+                fd: tcp.as_raw_fd(),
+            });
+        }
+    }
+}
+
+/// Runs the server on an already bound listener until `shutdown` resolves, then stops
+/// gracefully: streams are told to reconnect, in-flight requests finish, the log is flushed.
+pub async fn run(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    prepare_data_dir(&config)?;
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let hub = Hub::new();
+    let log = {
+        let (path, storage, hub, metrics) = (
+            config.db_path(),
+            config.storage.clone(),
+            hub.clone(),
+            metrics.clone(),
+        );
+        Arc::new(blocking(move || EventLog::open(&path, &storage, hub, metrics)).await?)
+    };
+    let stalls = StallWatch::new(metrics.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = AppState {
+        config: config.clone(),
+        log: log.clone(),
+        hub,
+        metrics,
+        stalls: stalls.clone(),
+        shutdown: shutdown_rx,
+        started: Instant::now(),
+    };
+
+    let background = vec![
+        tokio::spawn(stalls.run()),
+        tokio::spawn(retention_loop(state.clone())),
+    ];
+
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .configure(crate::http::configure)
+    })
+    .on_connect(on_connect(config.push.socket_send_buffer_bytes))
+    .backlog(4096)
+    .keep_alive(Duration::from_secs(30))
+    .shutdown_timeout(5)
+    .disable_signals();
+    let scheme = if config.insecure_http { "http" } else { "https" };
+    let server = if config.insecure_http {
+        server.listen(listener).map_err(ServerError::Listen)?
+    } else {
+        let tls = tls::server_config(&config.cert_path(), &config.key_path())?;
+        server
+            .listen_rustls_0_23(listener, tls)
+            .map_err(ServerError::Listen)?
+    };
+    for addr in server.addrs() {
+        tracing::info!("listening on {scheme}://{addr}");
+    }
+    let server = server.run();
+    let handle = server.handle();
+    let mut server = std::pin::pin!(server);
+
+    let result = tokio::select! {
+        r = &mut server => r.map_err(ServerError::Http),
+        _ = shutdown => {
+            tracing::info!("shutting down: telling streams to reconnect");
+            let _ = shutdown_tx.send(true);
+            // Let streams write their goodbye before connections are closed.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            handle.stop(true).await;
+            let _ = server.await;
+            Ok(())
+        }
+    };
+    for task in background {
+        task.abort();
+    }
+    log.close().await?;
+    tracing::info!("stopped; the log is flushed");
+    result
+}
+
+async fn retention_loop(state: AppState) {
+    let policy = crate::store::RetentionPolicy::from_config(&state.config.storage);
+    let every = Duration::from_secs(state.config.storage.retention_interval_secs);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        loop {
+            match state.log.retain(policy, now_ms()).await {
+                Ok(report) => {
+                    if report.deleted() > 0 {
+                        tracing::info!(?report, "retention deleted events");
+                    }
+                    if !report.more {
+                        break;
+                    }
+                }
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "retention failed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The event log: open, read by cursor and pattern, resume points. All writes go
+//! through the single writer thread (`writer.rs`), which makes them durable before
+//! anything becomes visible to readers.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use super::meta::{self, TopicMeta};
+use super::record::{decode_head, decode_record, EncodedEvent};
+use super::retention::{RetentionPolicy, RetentionReport};
+use super::writer::{self, WriteCmd};
+use super::{blocking, keys, StoreError, SCHEMA_VERSION};
+use crate::config::StorageConfig;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::model::{any_match, EventId, Pattern, Since, Topic};
+
+/// Most records examined by one read of the log before it returns what it found.
+const SCAN_BUDGET: usize = 20_000;
+
+/// An event accepted for publishing, validated and with its data minified.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub topic: Topic,
+    pub kind: String,
+    pub data_json: String,
+}
+
+/// Events after a cursor, and how far the log was examined: the next read starts after
+/// `scanned_to`, which may be past the last returned event when others did not match.
+pub struct ReadBatch {
+    pub events: Vec<Arc<EncodedEvent>>,
+    pub scanned_to: u64,
+}
+
+/// Where a subscription starts and whether the client must reload its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    pub cursor: u64,
+    pub reset: bool,
+}
+
+/// A topic as listed for operators.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TopicInfo {
+    pub topic: String,
+    pub events: u64,
+    pub last_id: String,
+    pub last_time_ms: u64,
+}
+
+/// State shared by readers and the writer thread.
+pub(super) struct Shared {
+    pub db: sled::Db,
+    pub tree: sled::Tree,
+    pub epoch: u32,
+    /// Highest seq that is durable and visible.
+    pub head: AtomicU64,
+    /// Highest seq retention has removed from any topic.
+    pub max_trimmed: AtomicU64,
+    pub recent: RwLock<Recent>,
+    pub over_limit: Mutex<std::collections::HashSet<String>>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The most recent events, encoded, in seq order: every retained event with a seq
+/// above `floor` is here.
+pub(super) struct Recent {
+    pub events: VecDeque<Arc<EncodedEvent>>,
+    pub floor: u64,
+    pub capacity: usize,
+}
+
+impl Recent {
+    pub fn push(&mut self, ev: Arc<EncodedEvent>) {
+        if self.capacity == 0 {
+            self.floor = ev.seq;
+            return;
+        }
+        if self.events.len() == self.capacity {
+            if let Some(old) = self.events.pop_front() {
+                self.floor = old.seq;
+            }
+        }
+        self.events.push_back(ev);
+    }
+}
+
+pub struct EventLog {
+    shared: Arc<Shared>,
+    writer: RwLock<Option<mpsc::Sender<WriteCmd>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EventLog {
+    pub fn open(
+        path: &Path,
+        config: &StorageConfig,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<EventLog, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        let tree = db.open_tree("log")?;
+        let epoch = match tree.get(keys::meta(meta::SCHEMA))? {
+            Some(v) => {
+                let found = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0xff; 4]));
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                meta::get_u64(&tree, meta::EPOCH)?.unwrap_or(0) as u32
+            }
+            None => {
+                let epoch: u32 = rand::random();
+                tree.insert(keys::meta(meta::SCHEMA), &SCHEMA_VERSION.to_be_bytes())?;
+                tree.insert(keys::meta(meta::EPOCH), &u64::from(epoch).to_be_bytes())?;
+                tree.insert(keys::meta(meta::NEXT_SEQ), &1u64.to_be_bytes())?;
+                db.flush()?;
+                epoch
+            }
+        };
+        let mut next_seq = meta::get_u64(&tree, meta::NEXT_SEQ)?.unwrap_or(1).max(1);
+        if let Some((k, _)) = tree.scan_prefix([keys::EVENT]).next_back().transpose()? {
+            if let Some(last) = keys::event_seq(&k) {
+                next_seq = next_seq.max(last + 1);
+            }
+        }
+        let max_trimmed = meta::get_u64(&tree, meta::MAX_TRIMMED)?.unwrap_or(0);
+        let recent = load_recent(&tree, epoch, config.recent_events_in_memory)?;
+        let over_limit = topics_over(&tree, config.retention_max_events_per_topic)?;
+        let shared = Arc::new(Shared {
+            db,
+            tree,
+            epoch,
+            head: AtomicU64::new(next_seq - 1),
+            max_trimmed: AtomicU64::new(max_trimmed),
+            recent: RwLock::new(recent),
+            over_limit: Mutex::new(over_limit),
+            hub,
+            metrics,
+        });
+        let (tx, rx) = mpsc::channel();
+        let thread = writer::spawn(shared.clone(), rx, next_seq, config)?;
+        Ok(EventLog {
+            shared,
+            writer: RwLock::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.shared.epoch
+    }
+
+    pub fn head(&self) -> u64 {
+        self.shared.head.load(Ordering::Acquire)
+    }
+
+    pub fn id(&self, seq: u64) -> EventId {
+        EventId {
+            seq,
+            epoch: self.shared.epoch,
+        }
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.shared.db.size_on_disk().unwrap_or(0)
+    }
+
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteCmd,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.writer.read().map_err(|_| StoreError::Closed)?;
+            let tx = guard.as_ref().ok_or(StoreError::Closed)?;
+            tx.send(make(reply)).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends events atomically; resolves once they are durable, with their ids.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, StoreError> {
+        self.send(|reply| WriteCmd::Publish { events, reply }).await
+    }
+
+    /// One retention pass of bounded size; call again while `more` is true.
+    pub async fn retain(
+        &self,
+        policy: RetentionPolicy,
+        now_ms: u64,
+    ) -> Result<RetentionReport, StoreError> {
+        self.send(|reply| WriteCmd::Retain {
+            policy,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Writes and flushes a marker: proves the database is open and writable.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.send(|reply| WriteCmd::Probe { reply }).await
+    }
+
+    /// Stops the writer after the commands already queued, and flushes.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        if let Ok(mut w) = self.writer.write() {
+            w.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        let shared = self.shared.clone();
+        blocking(move || {
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+            shared.db.flush()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Where a subscription with these patterns starts.
+    pub async fn resume(&self, since: Since, patterns: &[Pattern]) -> Result<Resume, StoreError> {
+        let head = self.head();
+        let seq = match since {
+            Since::Now => {
+                return Ok(Resume {
+                    cursor: head,
+                    reset: false,
+                })
+            }
+            Since::Beginning => 0,
+            Since::Seq(s) => s,
+            Since::Id(id) if id.epoch != self.shared.epoch => {
+                return Ok(Resume {
+                    cursor: head,
+                    reset: true,
+                })
+            }
+            Since::Id(id) => id.seq,
+        };
+        if seq == 0 {
+            return Ok(Resume {
+                cursor: 0,
+                reset: false,
+            });
+        }
+        if seq > head {
+            // never issued by this database
+            return Ok(Resume {
+                cursor: head,
+                reset: true,
+            });
+        }
+        if seq >= self.shared.max_trimmed.load(Ordering::Acquire) {
+            return Ok(Resume {
+                cursor: seq,
+                reset: false,
+            });
+        }
+        let shared = self.shared.clone();
+        let patterns = patterns.to_vec();
+        let trimmed = blocking(move || trimmed_after(&shared.tree, &patterns, seq)).await?;
+        Ok(Resume {
+            cursor: seq,
+            reset: trimmed,
+        })
+    }
+
+    /// Durable events with seq in `(after, head]` matching the patterns, at most `limit`.
+    pub async fn read(
+        &self,
+        after: u64,
+        patterns: &[Pattern],
+        limit: usize,
+    ) -> Result<ReadBatch, StoreError> {
+        let upto = self.head();
+        if after >= upto || limit == 0 {
+            return Ok(ReadBatch {
+                events: Vec::new(),
+                scanned_to: after.max(upto.min(after)),
+            });
+        }
+        if let Some(batch) = self.read_recent(after, upto, patterns, limit) {
+            return Ok(batch);
+        }
+        let shared = self.shared.clone();
+        let patterns = patterns.to_vec();
+        blocking(move || read_stored(&shared, after, upto, &patterns, limit)).await
+    }
+
+    fn read_recent(
+        &self,
+        after: u64,
+        upto: u64,
+        patterns: &[Pattern],
+        limit: usize,
+    ) -> Option<ReadBatch> {
+        let recent = self.shared.recent.read().ok()?;
+        if after < recent.floor {
+            return None;
+        }
+        let start = recent.events.partition_point(|e| e.seq <= after);
+        let mut events = Vec::new();
+        for ev in recent.events.range(start..) {
+            if ev.seq > upto {
+                break;
+            }
+            if any_match(patterns, &ev.topic) {
+                events.push(ev.clone());
+                if events.len() == limit {
+                    let scanned_to = ev.seq;
+                    return Some(ReadBatch { events, scanned_to });
+                }
+            }
+        }
+        Some(ReadBatch {
+            events,
+            scanned_to: upto,
+        })
+    }
+
+    /// Topics with their counts, in name order, starting after `after`.
+    pub async fn topics(&self, after: String, limit: usize) -> Result<Vec<TopicInfo>, StoreError> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let mut start = keys::topic(&after);
+            if !after.is_empty() {
+                start.push(0);
+            }
+            let end = [keys::TOPIC + 1];
+            let mut out = Vec::new();
+            for kv in shared.tree.range(start..end[..].to_vec()) {
+                let (k, v) = kv?;
+                let m = TopicMeta::decode(&v);
+                out.push(TopicInfo {
+                    topic: String::from_utf8_lossy(&k[1..]).into_owned(),
+                    events: m.count,
+                    last_id: EventId {
+                        seq: m.last_seq,
+                        epoch: shared.epoch,
+                    }
+                    .to_string(),
+                    last_time_ms: m.last_time_ms,
+                });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.writer.write() {
+            w.take();
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+        let _ = self.shared.db.flush();
+    }
+}
+
+fn load_recent(tree: &sled::Tree, epoch: u32, capacity: usize) -> Result<Recent, StoreError> {
+    let mut events = VecDeque::with_capacity(capacity);
+    let mut floor = 0;
+    for kv in tree.scan_prefix([keys::EVENT]).rev() {
+        let (k, v) = kv?;
+        let Some(seq) = keys::event_seq(&k) else {
+            continue;
+        };
+        if events.len() == capacity {
+            floor = seq;
+            break;
+        }
+        events.push_front(Arc::new(decode_record(seq, epoch, &v)?));
+    }
+    Ok(Recent {
+        events,
+        floor,
+        capacity,
+    })
+}
+
+fn topics_over(
+    tree: &sled::Tree,
+    max_per_topic: u64,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut set = std::collections::HashSet::new();
+    if max_per_topic == 0 {
+        return Ok(set);
+    }
+    for kv in tree.scan_prefix([keys::TOPIC]) {
+        let (k, v) = kv?;
+        if TopicMeta::decode(&v).count > max_per_topic {
+            set.insert(String::from_utf8_lossy(&k[1..]).into_owned());
+        }
+    }
+    Ok(set)
+}
+
+/// True when retention removed, after `seq`, an event from a topic the patterns match.
+fn trimmed_after(tree: &sled::Tree, patterns: &[Pattern], seq: u64) -> Result<bool, StoreError> {
+    for p in patterns {
+        if let Pattern::Exact(t) = p {
+            if TopicMeta::load(tree, t)?.trimmed_through > seq {
+                return Ok(true);
+            }
+            continue;
+        }
+        for kv in tree.scan_prefix(keys::topic(&p.scan_prefix())) {
+            let (k, v) = kv?;
+            let topic = String::from_utf8_lossy(&k[1..]);
+            if p.matches(&topic) && TopicMeta::decode(&v).trimmed_through > seq {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+fn read_stored(
+    shared: &Shared,
+    after: u64,
+    upto: u64,
+    patterns: &[Pattern],
+    limit: usize,
+) -> Result<ReadBatch, StoreError> {
+    let exact: Option<Vec<&str>> = patterns
+        .iter()
+        .map(|p| match p {
+            Pattern::Exact(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    match exact {
+        Some(topics) => read_by_index(shared, after, upto, &topics, limit),
+        None => read_by_scan(shared, after, upto, patterns, limit),
+    }
+}
+
+/// Exact topics: walk each topic's index, so a quiet topic costs little however busy
+/// the rest of the log is.
+fn read_by_index(
+    shared: &Shared,
+    after: u64,
+    upto: u64,
+    topics: &[&str],
+    limit: usize,
+) -> Result<ReadBatch, StoreError> {
+    let mut seqs = Vec::new();
+    for t in topics {
+        let from = keys::index(t, after + 1);
+        let to = keys::index(t, upto);
+        for kv in shared.tree.range(from..=to).take(limit) {
+            let (k, _) = kv?;
+            if let Some(s) = keys::index_seq(&k) {
+                seqs.push(s);
+            }
+        }
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.truncate(limit);
+    let scanned_to = if seqs.len() == limit {
+        seqs[limit - 1]
+    } else {
+        upto
+    };
+    let mut events = Vec::with_capacity(seqs.len());
+    for s in seqs {
+        if let Some(v) = shared.tree.get(keys::event(s))? {
+            events.push(Arc::new(decode_record(s, shared.epoch, &v)?));
+        }
+    }
+    Ok(ReadBatch { events, scanned_to })
+}
+
+/// Wildcards: walk the log in order, matching topics from the record head only.
+fn read_by_scan(
+    shared: &Shared,
+    after: u64,
+    upto: u64,
+    patterns: &[Pattern],
+    limit: usize,
+) -> Result<ReadBatch, StoreError> {
+    let mut events = Vec::new();
+    let mut scanned_to = upto;
+    for (n, kv) in shared
+        .tree
+        .range(keys::event(after + 1)..=keys::event(upto))
+        .enumerate()
+    {
+        let (k, v) = kv?;
+        let Some(seq) = keys::event_seq(&k) else {
+            continue;
+        };
+        if any_match(patterns, decode_head(&v)?.topic) {
+            events.push(Arc::new(decode_record(seq, shared.epoch, &v)?));
+            if events.len() == limit {
+                scanned_to = seq;
+                break;
+            }
+        }
+        if n + 1 >= SCAN_BUDGET {
+            scanned_to = seq;
+            break;
+        }
+    }
+    Ok(ReadBatch { events, scanned_to })
+}

@@ -1,0 +1,49 @@
+//! Durable storage on sled: the event log (and, later, the job queues) in one tree.
+
+mod keys;
+mod log;
+mod meta;
+pub mod record;
+mod retention;
+mod writer;
+
+pub use log::{EventLog, NewEvent, ReadBatch, Resume, TopicInfo};
+pub use record::EncodedEvent;
+pub use retention::{RetentionPolicy, RetentionReport};
+
+/// Schema version this build writes; a database with a newer one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sled::Error),
+    #[error(transparent)]
+    Corrupt(#[from] record::CorruptRecord),
+    #[error("the event log is shut down")]
+    Closed,
+    #[error(
+        "the database was written by a newer surepush (schema {found}, this build reads up to {supported}); upgrade surepush or restore a backup"
+    )]
+    NewerSchema { found: u32, supported: u32 },
+    #[error("a storage task failed: {0}")]
+    Task(String),
+}
+
+/// Runs blocking sled work off the async executor. The one place that does so.
+pub async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
