@@ -131,7 +131,40 @@ pub async fn run(
         tokio::spawn(retention_loop(state.clone())),
     ];
 
-    let data = web::Data::new(state);
+    let server = build_http_server(&config, listener, web::Data::new(state))?;
+    let handle = server.handle();
+    // The server future processes the stop command itself, so it runs as its own task.
+    let mut server = tokio::spawn(server);
+
+    let result = tokio::select! {
+        r = &mut server => match r {
+            Ok(r) => r.map_err(ServerError::Http),
+            Err(e) => Err(ServerError::Http(std::io::Error::other(e.to_string()))),
+        },
+        _ = shutdown => {
+            tracing::info!("shutting down: telling streams to reconnect");
+            let _ = shutdown_tx.send(true);
+            // Let streams write their goodbye before connections are closed.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            handle.stop(true).await;
+            let _ = server.await;
+            Ok(())
+        }
+    };
+    for task in background {
+        task.abort();
+    }
+    log.close().await?;
+    tracing::info!("stopped; the log is flushed");
+    result
+}
+
+/// Builds the actix server (kept out of `run` so no builder lives across an await).
+fn build_http_server(
+    config: &Config,
+    listener: std::net::TcpListener,
+    data: web::Data<AppState>,
+) -> Result<actix_web::dev::Server, ServerError> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -154,28 +187,7 @@ pub async fn run(
     for addr in server.addrs() {
         tracing::info!("listening on {scheme}://{addr}");
     }
-    let server = server.run();
-    let handle = server.handle();
-    let mut server = std::pin::pin!(server);
-
-    let result = tokio::select! {
-        r = &mut server => r.map_err(ServerError::Http),
-        _ = shutdown => {
-            tracing::info!("shutting down: telling streams to reconnect");
-            let _ = shutdown_tx.send(true);
-            // Let streams write their goodbye before connections are closed.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            handle.stop(true).await;
-            let _ = server.await;
-            Ok(())
-        }
-    };
-    for task in background {
-        task.abort();
-    }
-    log.close().await?;
-    tracing::info!("stopped; the log is flushed");
-    result
+    Ok(server.run())
 }
 
 async fn retention_loop(state: AppState) {

@@ -130,7 +130,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // http/1.0 too: old clients that offer only it must not fail the handshake.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(config)
 }
 

@@ -55,6 +55,7 @@ struct Deleter<'a> {
     metas: HashMap<String, TopicMeta>,
     max_trimmed: u64,
     count: usize,
+    deleted: Vec<u64>,
 }
 
 impl<'a> Deleter<'a> {
@@ -66,6 +67,7 @@ impl<'a> Deleter<'a> {
             metas: HashMap::new(),
             max_trimmed: shared.max_trimmed.load(Ordering::Acquire),
             count,
+            deleted: Vec::new(),
         }
     }
 
@@ -82,6 +84,7 @@ impl<'a> Deleter<'a> {
         }
         self.max_trimmed = self.max_trimmed.max(seq);
         self.count += 1;
+        self.deleted.push(seq);
         Ok(())
     }
 
@@ -116,14 +119,25 @@ impl<'a> Deleter<'a> {
             mut batch,
             metas,
             max_trimmed,
+            mut deleted,
             ..
         } = self;
+        if deleted.is_empty() {
+            return Ok(());
+        }
         for (topic, m) in &metas {
             batch.insert(keys::topic(topic), &m.encode());
         }
         batch.insert(keys::meta(meta::MAX_TRIMMED), &max_trimmed.to_be_bytes());
         shared.tree.apply_batch(batch)?;
         shared.max_trimmed.fetch_max(max_trimmed, Ordering::AcqRel);
+        // Readers serve recent events from memory: drop the deleted ones there too.
+        deleted.sort_unstable();
+        if let Ok(mut recent) = shared.recent.write() {
+            recent
+                .events
+                .retain(|e| deleted.binary_search(&e.seq).is_err());
+        }
         Ok(())
     }
 }

@@ -1,4 +1,321 @@
 #![allow(dead_code)]
-//! Shared test harness: the real server in-process, clients, and the hostile proxy.
+//! Shared test harness: the real server in-process (or as a child process), real
+//! TLS clients, SSE parsing, and the hostile proxy.
 
 pub mod proxy;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventsource_stream::{Event, Eventsource};
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+use surepush::config::Config;
+use tokio::sync::oneshot;
+
+pub fn init() {
+    surepush::tls::install_crypto_provider();
+}
+
+/// A config for tests: loopback, port 0, the given data dir, short heartbeats.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.data_dir = data_dir.to_path_buf();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.push.heartbeat_secs = 1;
+    c.push.batch_window_ms = 5;
+    c
+}
+
+/// The real server, in this process, on 127.0.0.1:0.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub data_dir: PathBuf,
+    _dir: Option<Arc<tempfile::TempDir>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut s = Self::start_in(dir.path(), f).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts on an existing data dir (to restart a server on the same data).
+    pub async fn start_in(data_dir: &Path, f: impl FnOnce(&mut Config)) -> TestServer {
+        init();
+        let mut config = test_config(data_dir);
+        f(&mut config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let scheme = if config.insecure_http { "http" } else { "https" };
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let r = surepush::server::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await;
+            if let Err(e) = r {
+                panic!("server failed: {e}");
+            }
+        });
+        let s = TestServer {
+            addr,
+            base_url: format!("{scheme}://{addr}"),
+            data_dir: data_dir.to_path_buf(),
+            _dir: None,
+            stop: Some(tx),
+            task: Some(task),
+        };
+        s.wait_healthy().await;
+        s
+    }
+
+    pub async fn wait_healthy(&self) {
+        let c = client();
+        for _ in 0..200 {
+            if let Ok(r) = c.get(self.url("/healthz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server at {} never became healthy", self.base_url);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// Graceful stop; returns when the server has flushed and exited.
+    pub async fn stop(mut self) -> Option<Arc<tempfile::TempDir>> {
+        self.shutdown().await;
+        self._dir.take()
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("server did not stop within 20 s")
+                .expect("server task panicked");
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, data: Value) -> String {
+        publish_to(&self.base_url, topic, data).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// HTTPS client trusting the self-signed certificate; ALPN offers h2 and http/1.1.
+pub fn client() -> reqwest::Client {
+    init();
+    reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// HTTP/1.1 only.
+pub fn client_h1() -> reqwest::Client {
+    init();
+    reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .http1_only()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+pub async fn publish_to(base: &str, topic: &str, data: Value) -> String {
+    let r = client()
+        .post(format!("{base}/v1/publish"))
+        .json(&serde_json::json!({"topic": topic, "type": "test", "data": data}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "publish failed: {:?}", r.text().await);
+    let v: Value = r.json().await.unwrap();
+    v["ids"][0].as_str().unwrap().to_string()
+}
+
+/// Reads SSE events from a response, with per-event timeouts.
+pub struct SseReader {
+    inner: std::pin::Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>,
+}
+
+impl SseReader {
+    pub fn new(resp: reqwest::Response) -> SseReader {
+        let s = resp
+            .bytes_stream()
+            .eventsource()
+            .map(|r| r.map_err(|e| e.to_string()));
+        SseReader { inner: Box::pin(s) }
+    }
+
+    /// The next event of any type; None at end of stream or after `wait`.
+    pub async fn next_any(&mut self, wait: Duration) -> Option<Event> {
+        match tokio::time::timeout(wait, self.inner.next()).await {
+            Ok(Some(Ok(e))) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The next application event (skips surepush.* control events).
+    pub async fn next_event(&mut self, wait: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = self.next_any(left).await?;
+            if !e.event.starts_with("surepush.") {
+                return Some(e);
+            }
+        }
+    }
+
+    /// Reads until the end of the response (close mode), collecting application events.
+    pub async fn until_end(&mut self, wait: Duration) -> (Vec<Event>, bool) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.inner.next()).await {
+                Ok(Some(Ok(e))) => {
+                    if !e.event.starts_with("surepush.") {
+                        out.push(e);
+                    }
+                }
+                Ok(Some(Err(_))) | Ok(None) => return (out, true),
+                Err(_) => return (out, false),
+            }
+        }
+    }
+}
+
+/// The real binary as a child process, killed on drop.
+pub struct ChildServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub base_url: String,
+}
+
+impl ChildServer {
+    pub fn spawn(data_dir: &Path, extra: &[&str]) -> ChildServer {
+        Self::spawn_env(data_dir, extra, &[])
+    }
+
+    pub fn spawn_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ChildServer {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_surepush"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(extra)
+            .env_remove("SUREPUSH_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn surepush");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(i) = line.find("listening on ") {
+                        let url = line[i + "listening on ".len()..].trim().to_string();
+                        let _ = tx.send(url);
+                        sent = true;
+                    }
+                }
+                if std::env::var_os("SUREPUSH_TEST_VERBOSE").is_some() {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        let base_url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server did not report its address");
+        let addr = base_url.rsplit("//").next().unwrap().parse().unwrap();
+        ChildServer {
+            child,
+            addr,
+            base_url,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    pub fn sigterm(&self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for exit up to `wait`; returns the exit status if it exited.
+    pub fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses the id sequence number (the part before '-').
+pub fn seq_of(id: &str) -> u64 {
+    id.split('-').next().unwrap().parse().unwrap()
+}

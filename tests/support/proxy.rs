@@ -260,9 +260,7 @@ async fn serve_connection(sock: TcpStream, ctx: &Ctx) {
                 _ = idle_watch(&activity, idle) => {}
             }
         }
-        _ => {
-            let _ = work.await;
-        }
+        _ => work.await,
     }
 }
 
@@ -281,55 +279,69 @@ async fn idle_watch(activity: &Activity, idle: Duration) {
 // One proxied exchange
 // ---------------------------------------------------------------------------
 
-async fn handle_connection(sock: TcpStream, ctx: &Ctx, activity: &Arc<Activity>) -> io::Result<()> {
+async fn handle_connection(sock: TcpStream, ctx: &Ctx, activity: &Arc<Activity>) {
     let (read_half, write_half) = sock.into_split();
     let mut client_r = Tracked::new(read_half, Arc::clone(activity));
     let mut client_w = Tracked::new(write_half, Arc::clone(activity));
+    if let Ok(true) = exchange(&mut client_r, &mut client_w, ctx, activity).await {
+        // Lingering close: send FIN, then let the client close first so that
+        // unread bytes on our side cannot turn the close into a reset that
+        // destroys the tail of the response.
+        let _ = client_w.shutdown().await;
+        let _ = tokio::time::timeout(LINGER, wait_client_gone(&mut client_r)).await;
+    }
+}
+
+type ClientR = Tracked<tokio::net::tcp::OwnedReadHalf>;
+type ClientW = Tracked<tokio::net::tcp::OwnedWriteHalf>;
+
+/// One request/response exchange. `Ok(true)` when a complete response was
+/// written to the client, `Ok(false)` when the client went away.
+async fn exchange(
+    client_r: &mut ClientR,
+    client_w: &mut ClientW,
+    ctx: &Ctx,
+    activity: &Arc<Activity>,
+) -> io::Result<bool> {
     let version = if ctx.mode == ProxyMode::Http10 {
         "HTTP/1.0"
     } else {
         "HTTP/1.1"
     };
 
-    let (head, leftover) = match read_head(&mut client_r, Vec::new()).await {
+    let (head, leftover) = match read_head(client_r, Vec::new()).await {
         Ok(x) => x,
         Err(HeadError::TooLarge) => {
             return simple_response(
-                &mut client_w,
+                client_w,
                 version,
                 "431 Request Header Fields Too Large",
                 "request head too large\n",
             )
-            .await;
+            .await
+            .map(|()| true);
         }
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(false),
     };
     let Some(req) = parse_request(&head) else {
-        return simple_response(
-            &mut client_w,
-            version,
-            "400 Bad Request",
-            "malformed request\n",
-        )
-        .await;
+        return simple_response(client_w, version, "400 Bad Request", "malformed request\n")
+            .await
+            .map(|()| true);
     };
     if find_header(&req.headers, "transfer-encoding").is_some() {
         return simple_response(
-            &mut client_w,
+            client_w,
             version,
             "501 Not Implemented",
             "chunked request bodies are not supported by this proxy\n",
         )
-        .await;
+        .await
+        .map(|()| true);
     }
     let Ok(body_len) = content_length(&req.headers) else {
-        return simple_response(
-            &mut client_w,
-            version,
-            "400 Bad Request",
-            "bad content-length\n",
-        )
-        .await;
+        return simple_response(client_w, version, "400 Bad Request", "bad content-length\n")
+            .await
+            .map(|()| true);
     };
     let body_len = body_len.unwrap_or(0);
     let expects_continue = find_header(&req.headers, "expect")
@@ -348,7 +360,9 @@ async fn handle_connection(sock: TcpStream, ctx: &Ctx, activity: &Arc<Activity>)
                 "hostile proxy: upstream {} unreachable: {e}\n",
                 ctx.upstream
             );
-            return simple_response(&mut client_w, version, "502 Bad Gateway", &body).await;
+            return simple_response(client_w, version, "502 Bad Gateway", &body)
+                .await
+                .map(|()| true);
         }
     };
     let mut up = Tracked::new(upstream, Arc::clone(activity));
@@ -368,7 +382,7 @@ async fn handle_connection(sock: TcpStream, ctx: &Ctx, activity: &Arc<Activity>)
                 .min(buf.len());
             let n = client_r.read(&mut buf[..want]).await?;
             if n == 0 {
-                return Ok(()); // client gave up mid-body
+                return Ok(false); // client gave up mid-body
             }
             up.write_all(&buf[..n]).await?;
             remaining -= n as u64;
@@ -379,19 +393,14 @@ async fn handle_connection(sock: TcpStream, ctx: &Ctx, activity: &Arc<Activity>)
     // Relay the response; meanwhile watch the client so that a client going
     // away closes the upstream too (like a real proxy would).
     let finished = {
-        let relay = relay_response(&mut up, &mut client_w, req.method == "HEAD", ctx.mode);
-        let gone = wait_client_gone(&mut client_r);
+        let relay = relay_response(&mut up, client_w, req.method == "HEAD", ctx.mode);
+        let gone = wait_client_gone(client_r);
         tokio::select! {
             r = relay => Some(r),
             _ = gone => None,
         }
     };
-    drop(up);
-    if let Some(Ok(())) = finished {
-        let _ = client_w.shutdown().await;
-        let _ = tokio::time::timeout(LINGER, wait_client_gone(&mut client_r)).await;
-    }
-    Ok(())
+    Ok(matches!(finished, Some(Ok(()))))
 }
 
 /// Reads (and discards) from the client until EOF or an error.
@@ -416,8 +425,7 @@ async fn simple_response<W: AsyncWrite + Unpin>(
         body.len()
     );
     w.write_all(msg.as_bytes()).await?;
-    w.flush().await?;
-    w.shutdown().await
+    w.flush().await
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
