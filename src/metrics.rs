@@ -87,9 +87,8 @@ impl Metrics {
             "Size of the database on disk",
             storage_bytes.clone(),
         );
-        let commit_group_events = Histogram::new(
-            [1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0].into_iter(),
-        );
+        let commit_group_events =
+            Histogram::new([1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]);
         registry.register(
             "commit_group_events",
             "Events made durable by one flush (group commit size)",

@@ -24,7 +24,9 @@ pub enum ModelError {
     BadWildcard(String),
     #[error("event type must be 1-{MAX_TYPE_LEN} bytes of A-Z a-z 0-9 _ . ~ - : / (got {0:?})")]
     BadType(String),
-    #[error("{0:?} is not an event id issued by this server (expected SEQ-EPOCH, e.g. \"42-1a2b3c4d\")")]
+    #[error(
+        "{0:?} is not an event id issued by this server (expected SEQ-EPOCH, e.g. \"42-1a2b3c4d\")"
+    )]
     BadId(String),
 }
 
@@ -170,9 +172,8 @@ pub fn any_match(patterns: &[Pattern], topic: &str) -> bool {
 pub fn validate_type(t: &str) -> Result<(), ModelError> {
     let ok = !t.is_empty()
         && t.len() <= MAX_TYPE_LEN
-        && t.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '~' | '-' | ':' | '/')
-        });
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '~' | '-' | ':' | '/'));
     if ok {
         Ok(())
     } else {

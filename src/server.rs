@@ -67,7 +67,11 @@ pub fn prepare_data_dir(config: &Config) -> Result<(), ServerError> {
             source,
         })?;
     if !config.insecure_http
-        && tls::ensure_self_signed(&config.cert_path(), &config.key_path(), &tls::default_names())?
+        && tls::ensure_self_signed(
+            &config.cert_path(),
+            &config.key_path(),
+            &tls::default_names(),
+        )?
     {
         tracing::info!(cert = %config.cert_path().display(), "created a self-signed certificate");
     }
@@ -75,7 +79,9 @@ pub fn prepare_data_dir(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-fn on_connect(socket_send_buffer: usize) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
+fn on_connect(
+    socket_send_buffer: usize,
+) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
     move |conn, ext| {
         type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
         let tcp = if let Some(tls) = conn.downcast_ref::<Tls>() {
@@ -175,7 +181,11 @@ fn build_http_server(
     .keep_alive(Duration::from_secs(30))
     .shutdown_timeout(5)
     .disable_signals();
-    let scheme = if config.insecure_http { "http" } else { "https" };
+    let scheme = if config.insecure_http {
+        "http"
+    } else {
+        "https"
+    };
     let server = if config.insecure_http {
         server.listen(listener).map_err(ServerError::Listen)?
     } else {

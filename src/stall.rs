@@ -73,7 +73,11 @@ impl StallWatch {
     pub fn register(self: &Arc<Self>, fd: Option<RawFd>, limit: Duration) -> StallGuard {
         // SAFETY: the caller passes the descriptor of the connection serving the current
         // request, which stays open while the request is being handled (now).
-        let socket = fd.and_then(|fd| unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned().ok());
+        let socket = fd.and_then(|fd| {
+            unsafe { BorrowedFd::borrow_raw(fd) }
+                .try_clone_to_owned()
+                .ok()
+        });
         let entry = Arc::new(Entry {
             last_progress_ms: AtomicU64::new(self.now_ms()),
             limit_ms: limit.as_millis() as u64,
@@ -117,7 +121,10 @@ impl StallWatch {
             }
         }
         if !stalled.is_empty() {
-            tracing::info!(count = stalled.len(), "closed streams of clients that stopped reading");
+            tracing::info!(
+                count = stalled.len(),
+                "closed streams of clients that stopped reading"
+            );
             self.metrics
                 .slow_consumer_disconnects
                 .inc_by(stalled.len() as u64);

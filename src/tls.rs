@@ -35,7 +35,11 @@ pub enum TlsError {
 
 /// Names the self-signed certificate is valid for.
 pub fn default_names() -> Vec<String> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if let Ok(h) = fs::read_to_string("/etc/hostname") {
         let h = h.trim();
         if !h.is_empty() && !names.iter().any(|n| n == h) {
@@ -140,6 +144,17 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Creates the token signing key (32 random bytes, hex) unless it exists.
+pub fn ensure_signing_key(path: &Path) -> Result<bool, TlsError> {
+    if path.exists() {
+        return Ok(false);
+    }
+    let key: [u8; 32] = rand::random();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    write_file(path, format!("{hex}\n").as_bytes(), 0o600)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,15 +181,4 @@ mod tests {
             Err(TlsError::Read { .. })
         ));
     }
-}
-
-/// Creates the token signing key (32 random bytes, hex) unless it exists.
-pub fn ensure_signing_key(path: &Path) -> Result<bool, TlsError> {
-    if path.exists() {
-        return Ok(false);
-    }
-    let key: [u8; 32] = rand::random();
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    write_file(path, format!("{hex}\n").as_bytes(), 0o600)?;
-    Ok(true)
 }

@@ -95,15 +95,27 @@ async fn bad_input_gets_clear_json_errors() {
         (r#"{"topic":"a","tpoic":"b"}"#.into(), 422, "invalid_event"),
         (r#"{"topic":"a/*"}"#.into(), 422, "invalid_topic"),
         (r#"{"topic":"a//b"}"#.into(), 422, "invalid_topic"),
-        (format!(r#"{{"topic":"{}"}}"#, "a".repeat(257)), 422, "invalid_topic"),
-        (r#"{"topic":"a","type":"has space"}"#.into(), 422, "invalid_type"),
+        (
+            format!(r#"{{"topic":"{}"}}"#, "a".repeat(257)),
+            422,
+            "invalid_topic",
+        ),
+        (
+            r#"{"topic":"a","type":"has space"}"#.into(),
+            422,
+            "invalid_type",
+        ),
         (
             format!(r#"{{"topic":"a","data":"{}"}}"#, "x".repeat(2000)),
             413,
             "data_too_large",
         ),
         ("x".repeat(5000), 413, "body_too_large"),
-        (r#"[{"topic":"a"},{"topic":"a"},{"topic":"a"},{"topic":"a"}]"#.into(), 413, "batch_too_large"),
+        (
+            r#"[{"topic":"a"},{"topic":"a"},{"topic":"a"},{"topic":"a"}]"#.into(),
+            413,
+            "batch_too_large",
+        ),
     ];
     for (body, status, code) in cases {
         let (st, v) = post(&p, body.clone()).await;
@@ -112,10 +124,13 @@ async fn bad_input_gets_clear_json_errors() {
         assert!(!v["message"].as_str().unwrap_or("").is_empty());
     }
     // A body larger than the limit sent without Content-Length (chunked) is refused too.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![b' '; 1000])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..10).map(|_| Ok(vec![b' '; 1000])).collect();
     let r = client_h1()
         .post(&p)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
@@ -178,17 +193,29 @@ async fn sse_contract(c: reqwest::Client, expect_http: &str) {
     use futures_util::StreamExt;
     let mut head = Vec::new();
     while !String::from_utf8_lossy(&head).contains("surepush.hello") {
-        let chunk = tokio::time::timeout(WAIT, body.next()).await.unwrap().unwrap().unwrap();
+        let chunk = tokio::time::timeout(WAIT, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         head.extend_from_slice(&chunk);
     }
     while !head.ends_with(b"\n\n") {
-        let chunk = tokio::time::timeout(WAIT, body.next()).await.unwrap().unwrap().unwrap();
+        let chunk = tokio::time::timeout(WAIT, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         head.extend_from_slice(&chunk);
     }
     let text = String::from_utf8(head).unwrap();
     assert!(text.starts_with(':'), "padding comment first");
     let first_line = text.lines().next().unwrap();
-    assert!(first_line.len() >= 2048, "padding is {} bytes", first_line.len());
+    assert!(
+        first_line.len() >= 2048,
+        "padding is {} bytes",
+        first_line.len()
+    );
     let retry: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("retry: "))
@@ -209,11 +236,19 @@ async fn sse_contract(c: reqwest::Client, expect_http: &str) {
     assert_eq!(hello["mode"], "stream");
     assert_eq!(hello["http"], expect_http);
     assert_eq!(hello["reset"], false);
-    assert_eq!(hello["last_id"], before.as_str(), "no since: starts at the head");
+    assert_eq!(
+        hello["last_id"],
+        before.as_str(),
+        "no since: starts at the head"
+    );
     drop(body);
 
     // Events and heartbeats through EventSource-style parsing.
-    let r = c.get(s.url("/v1/stream?topic=users/42")).send().await.unwrap();
+    let r = c
+        .get(s.url("/v1/stream?topic=users/42"))
+        .send()
+        .await
+        .unwrap();
     let mut sse = SseReader::new(r);
     let hello = sse.next_any(WAIT).await.unwrap();
     assert_eq!(hello.event, "surepush.hello");
@@ -233,7 +268,10 @@ async fn sse_contract(c: reqwest::Client, expect_http: &str) {
         }
         assert!(e.event.starts_with("surepush."), "unexpected {e:?}");
     };
-    assert!(ping.id.is_empty() || ping.id == id, "ping carries no new id");
+    assert!(
+        ping.id.is_empty() || ping.id == id,
+        "ping carries no new id"
+    );
     let v: Value = serde_json::from_str(&ping.data).unwrap();
     assert!(v["time"].is_string());
 }
@@ -400,7 +438,11 @@ async fn unknown_or_foreign_ids_reset() {
     let (_, v) = get_json(&s.url(&format!("/v1/events?topic=r&since=999-{epoch}"))).await;
     assert_eq!(v["reset"], true);
     // another database's id
-    let other = if epoch == "00000000" { "00000001" } else { "00000000" };
+    let other = if epoch == "00000000" {
+        "00000001"
+    } else {
+        "00000000"
+    };
     let (_, v) = get_json(&s.url(&format!("/v1/events?topic=r&since=1-{other}"))).await;
     assert_eq!(v["reset"], true);
     let mut sse = SseReader::new(
@@ -412,7 +454,10 @@ async fn unknown_or_foreign_ids_reset() {
     );
     let hello = sse.next_any(WAIT).await.unwrap();
     let v: Value = serde_json::from_str(&hello.data).unwrap();
-    assert_eq!(v["reset"], true, "the first thing the client receives says reset");
+    assert_eq!(
+        v["reset"], true,
+        "the first thing the client receives says reset"
+    );
     // a known id does not reset
     let (_, v) = get_json(&s.url(&format!("/v1/events?topic=r&since={id}"))).await;
     assert_eq!(v["reset"], false);
@@ -443,13 +488,20 @@ async fn retention_by_count_resets_clients_that_missed_events() {
     assert_eq!(kept, 3);
     let (_, v) = get_json(&s.url(&format!("/v1/events?topic=busy&since={}", ids[1]))).await;
     assert_eq!(v["reset"], true, "resuming from before what was kept");
-    assert_eq!(v["events"].as_array().unwrap().len(), 3, "what was kept still arrives");
+    assert_eq!(
+        v["events"].as_array().unwrap().len(),
+        3,
+        "what was kept still arrives"
+    );
     let (_, v) = get_json(&s.url(&format!("/v1/events?topic=busy&since={}", ids[7]))).await;
     assert_eq!(v["reset"], false);
     let (_, v) = get_json(&s.url(&format!("/v1/events?topic=quiet&since={}", ids[0]))).await;
     assert_eq!(v["reset"], false, "an untouched topic does not reset");
     assert_eq!(v["events"][0]["id"], quiet.as_str());
-    assert!(s.metrics().await.contains("surepush_retention_deleted_events_total 7"));
+    assert!(s
+        .metrics()
+        .await
+        .contains("surepush_retention_deleted_events_total 7"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -39,7 +39,9 @@ async fn publisher(base: String, p: usize, start_n: u64, acked: Arc<Mutex<Acked>
         if r.status() != 201 {
             return;
         }
-        let Ok(v) = r.json::<Value>().await else { return };
+        let Ok(v) = r.json::<Value>().await else {
+            return;
+        };
         let ids = v["ids"].as_array().unwrap();
         let mut a = acked.lock().unwrap();
         for (i, id) in ids.iter().enumerate() {
@@ -58,7 +60,9 @@ async fn read_all(base: &str) -> Vec<Value> {
     let mut out = Vec::new();
     loop {
         let v: Value = c
-            .get(format!("{base}/v1/events?topic=crash/**&since={since}&limit=1000"))
+            .get(format!(
+                "{base}/v1/events?topic=crash/**&since={since}&limit=1000"
+            ))
             .send()
             .await
             .unwrap()
@@ -118,8 +122,14 @@ async fn sigkill_loses_no_acknowledged_event() {
         let server = ChildServer::spawn_env(dir.path(), &[], &env);
         let log = read_all(&server.base_url).await;
         // ids strictly increasing in log order
-        let seqs: Vec<u64> = log.iter().map(|e| seq_of(e["id"].as_str().unwrap())).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "round {round}: log out of order");
+        let seqs: Vec<u64> = log
+            .iter()
+            .map(|e| seq_of(e["id"].as_str().unwrap()))
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "round {round}: log out of order"
+        );
         let in_log: HashMap<&str, &Value> =
             log.iter().map(|e| (e["id"].as_str().unwrap(), e)).collect();
         let a = acked.lock().unwrap();

@@ -53,12 +53,22 @@ fn complete_ids(raw: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(raw);
     let mut out = Vec::new();
     let mut rest: &str = &text;
-    while let Some(i) = rest.find("\nid: ").or_else(|| rest.strip_prefix("id: ").map(|_| 0)) {
-        let start = if rest[i..].starts_with('\n') { i + 5 } else { i + 4 };
-        let Some(end) = rest[start..].find('\n') else { break };
+    while let Some(i) = rest
+        .find("\nid: ")
+        .or_else(|| rest.strip_prefix("id: ").map(|_| 0))
+    {
+        let start = if rest[i..].starts_with('\n') {
+            i + 5
+        } else {
+            i + 4
+        };
+        let Some(end) = rest[start..].find('\n') else {
+            break;
+        };
         let id = rest[start..start + end].to_string();
         let after = &rest[start + end..];
-        if after.contains("\n\n") && after.find("\n\n") < after.find("\nid: ").or(Some(usize::MAX)) {
+        if after.contains("\n\n") && after.find("\n\n") < after.find("\nid: ").or(Some(usize::MAX))
+        {
             out.push(id);
         } else if !after.contains("\n\n") {
             break;
@@ -146,8 +156,15 @@ async fn stalled_reader_is_cut_and_resumes_without_loss() {
         }
     }
     let seen = complete_ids(&raw);
-    assert!(seen.len() < published.len(), "the client got everything before the cut");
-    assert_eq!(seen[..], published[..seen.len()], "received a prefix, in order");
+    assert!(
+        seen.len() < published.len(),
+        "the client got everything before the cut"
+    );
+    assert_eq!(
+        seen[..],
+        published[..seen.len()],
+        "received a prefix, in order"
+    );
 
     // Resume from the last complete id: the rest arrives, nothing twice.
     let mut since = seen.last().cloned().unwrap_or_default();

@@ -23,18 +23,26 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server.
-    #[command(after_help = "Examples:\n  surepush serve\n  surepush serve --config /etc/surepush/surepush.toml\n  SUREPUSH_LISTEN=0.0.0.0:443 surepush serve --data-dir /var/lib/surepush")]
+    #[command(
+        after_help = "Examples:\n  surepush serve\n  surepush serve --config /etc/surepush/surepush.toml\n  SUREPUSH_LISTEN=0.0.0.0:443 surepush serve --data-dir /var/lib/surepush"
+    )]
     Serve(ConfigArgs),
     /// Write a commented config, a self-signed certificate and a signing key into a directory.
-    #[command(after_help = "Example:\n  surepush init --dir /var/lib/surepush\n  surepush serve --config /var/lib/surepush/surepush.toml")]
+    #[command(
+        after_help = "Example:\n  surepush init --dir /var/lib/surepush\n  surepush serve --config /var/lib/surepush/surepush.toml"
+    )]
     Init(InitArgs),
     /// Print the effective configuration (file, environment and flags merged).
     PrintConfig(ConfigArgs),
     /// Publish one event over the HTTP API.
-    #[command(after_help = "Examples:\n  surepush publish https://127.0.0.1:8443 users/42 --type greeting --data '{\"hi\":1}' --insecure\n  echo '[1,2,3]' | surepush publish https://push.example users/42 --data - --token \"$JWT\"")]
+    #[command(
+        after_help = "Examples:\n  surepush publish https://127.0.0.1:8443 users/42 --type greeting --data '{\"hi\":1}' --insecure\n  echo '[1,2,3]' | surepush publish https://push.example users/42 --data - --token \"$JWT\""
+    )]
     Publish(PublishArgs),
     /// Print events of topics as JSON lines, following them over a chosen transport.
-    #[command(after_help = "Examples:\n  surepush tail https://127.0.0.1:8443 'users/**' --insecure\n  surepush tail https://127.0.0.1:8443 users/42 --transport longpoll --since 0 --count 10 --insecure")]
+    #[command(
+        after_help = "Examples:\n  surepush tail https://127.0.0.1:8443 'users/**' --insecure\n  surepush tail https://127.0.0.1:8443 users/42 --transport longpoll --since 0 --count 10 --insecure"
+    )]
     Tail(TailArgs),
 }
 

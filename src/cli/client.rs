@@ -43,7 +43,11 @@ pub async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response>
     let body = resp.text().await.unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or(body);
     anyhow::bail!("server answered {status}: {message}")
 }

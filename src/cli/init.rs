@@ -16,7 +16,10 @@ pub fn render_config(listen: &str, data_dir: &Path) -> String {
         )
         .replace(
             "data_dir = \"./surepush-data\"",
-            &format!("data_dir = {}", toml::Value::String(data_dir.display().to_string())),
+            &format!(
+                "data_dir = {}",
+                toml::Value::String(data_dir.display().to_string())
+            ),
         )
 }
 
@@ -41,6 +44,9 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     println!("wrote {}", config_path.display());
     println!("certificate {}", config.cert_path().display());
     println!("signing key {}", dir.join("signing.key").display());
-    println!("start with: surepush serve --config {}", config_path.display());
+    println!(
+        "start with: surepush serve --config {}",
+        config_path.display()
+    );
     Ok(())
 }

@@ -12,7 +12,11 @@ pub fn load(args: &ConfigArgs) -> anyhow::Result<(Config, Vec<String>)> {
         insecure_http: args.insecure_http,
         log_format: args.log_format.clone(),
     };
-    Ok(Config::load(args.config.as_deref(), std::env::vars(), &overrides)?)
+    Ok(Config::load(
+        args.config.as_deref(),
+        std::env::vars(),
+        &overrides,
+    )?)
 }
 
 pub fn print_config(args: ConfigArgs) -> anyhow::Result<()> {

@@ -31,7 +31,9 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let http = client::build(&args.client)?;
     let mut f = Follower {
         last_id: args.since.clone().unwrap_or_default(),
-        deadline: args.duration.map(|s| Instant::now() + Duration::from_secs(s)),
+        deadline: args
+            .duration
+            .map(|s| Instant::now() + Duration::from_secs(s)),
         http,
         printed: 0,
         args,
@@ -64,8 +66,12 @@ impl Follower {
     }
 
     fn query(&self) -> Vec<(&'static str, String)> {
-        let mut q: Vec<(&'static str, String)> =
-            self.args.topics.iter().map(|t| ("topic", t.clone())).collect();
+        let mut q: Vec<(&'static str, String)> = self
+            .args
+            .topics
+            .iter()
+            .map(|t| ("topic", t.clone()))
+            .collect();
         if !self.last_id.is_empty() {
             q.push(("since", self.last_id.clone()));
         }
@@ -153,7 +159,10 @@ impl Follower {
             .context("polling")?;
         let body: serde_json::Value = client::check(resp).await?.json().await?;
         if body["reset"] == true {
-            eprintln!("surepush tail: reset: events after {} are no longer retained; continuing", self.last_id);
+            eprintln!(
+                "surepush tail: reset: events after {} are no longer retained; continuing",
+                self.last_id
+            );
         }
         let events = body["events"].as_array().cloned().unwrap_or_default();
         for ev in &events {

@@ -28,7 +28,10 @@ pub async fn read_limited(
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("body_unreadable", format!("cannot read the request body: {e}"))
+            ApiError::bad_request(
+                "body_unreadable",
+                format!("cannot read the request body: {e}"),
+            )
         })?;
         if buf.len() + chunk.len() > limit {
             return Err(too_large());

@@ -149,8 +149,11 @@ mod tests {
     use actix_web::test::TestRequest;
 
     fn run(uri: &str) -> Result<SubscribeParams, &'static str> {
-        parse(&TestRequest::with_uri(uri).to_http_request(), &PushConfig::default())
-            .map_err(|e| e.code())
+        parse(
+            &TestRequest::with_uri(uri).to_http_request(),
+            &PushConfig::default(),
+        )
+        .map_err(|e| e.code())
     }
 
     #[test]
@@ -166,7 +169,10 @@ mod tests {
         assert_eq!(run("/x?topic=a%20b").unwrap_err(), "invalid_topic");
         assert_eq!(run("/x?topic=a&since=zz").unwrap_err(), "invalid_since");
         assert_eq!(run("/x?topic=a&timeout=-1").unwrap_err(), "invalid_timeout");
-        assert_eq!(run("/x?topic=a&timeout=99999").unwrap_err(), "invalid_timeout");
+        assert_eq!(
+            run("/x?topic=a&timeout=99999").unwrap_err(),
+            "invalid_timeout"
+        );
         assert_eq!(run("/x?topic=a&limit=0").unwrap_err(), "invalid_limit");
         assert_eq!(run("/x?topic=a&mode=fast").unwrap_err(), "invalid_mode");
         let many: String = (0..33).map(|i| format!("topic=t{i}&")).collect();

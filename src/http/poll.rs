@@ -37,7 +37,8 @@ fn events_response(events: &[Arc<EncodedEvent>], last_id: String, reset: bool) -
         "],\"last_id\":\"{last_id}\",\"reset\":{reset}}}"
     )));
     let len: usize = chunks.iter().map(Bytes::len).sum();
-    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::convert::Infallible>));
+    let stream =
+        futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::convert::Infallible>));
     HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -86,7 +87,11 @@ async fn long_poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
             _ = shutdown.wait_for(|v| *v) => break,
         }
     }
-    Ok(events_response(&[], st.log.id(cursor).to_string(), resume.reset))
+    Ok(events_response(
+        &[],
+        st.log.id(cursor).to_string(),
+        resume.reset,
+    ))
 }
 
 async fn poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -65,10 +65,18 @@ pub fn parse_publish(body: &[u8], limits: &LimitsConfig) -> Result<Vec<NewEvent>
                 "body must be an event object or an array of event objects",
             ));
         }
-        None => return Err(ApiError::bad_request("invalid_json", "request body is empty")),
+        None => {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                "request body is empty",
+            ))
+        }
     };
     if items.is_empty() {
-        return Err(ApiError::unprocessable("empty_batch", "the batch has no events"));
+        return Err(ApiError::unprocessable(
+            "empty_batch",
+            "the batch has no events",
+        ));
     }
     if items.len() > limits.max_batch_len {
         return Err(ApiError::too_large(
@@ -81,7 +89,13 @@ pub fn parse_publish(body: &[u8], limits: &LimitsConfig) -> Result<Vec<NewEvent>
         ));
     }
     let many = items.len() > 1;
-    let at = |i: usize| if many { format!("event {i}: ") } else { String::new() };
+    let at = |i: usize| {
+        if many {
+            format!("event {i}: ")
+        } else {
+            String::new()
+        }
+    };
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let topic = Topic::parse(&item.topic)
@@ -155,8 +169,8 @@ mod tests {
         };
         let e = parse_publish(br#"{"topic":"a","data":"0123456789abc"}"#, &limits).unwrap_err();
         assert_eq!(e.code(), "data_too_large");
-        let e = parse_publish(br#"[{"topic":"a"},{"topic":"a"},{"topic":"a"}]"#, &limits)
-            .unwrap_err();
+        let e =
+            parse_publish(br#"[{"topic":"a"},{"topic":"a"},{"topic":"a"}]"#, &limits).unwrap_err();
         assert_eq!(e.code(), "batch_too_large");
     }
 }

@@ -130,7 +130,8 @@ async fn stream(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
     let mut resp = builder.streaming(body);
     if http10 {
         // HTTP/1.0 has no chunked encoding: the body ends when the connection closes.
-        resp.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+        resp.head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
         resp.head_mut().no_chunking(true);
     }
     Ok(resp)

@@ -175,7 +175,9 @@ mod tests {
         assert_eq!(ev.json(), Bytes::from(json.clone()));
         assert_eq!(
             ev.sse,
-            Bytes::from(format!("id: 5-00000001\nevent: job.completed\ndata: {json}\n\n"))
+            Bytes::from(format!(
+                "id: 5-00000001\nevent: job.completed\ndata: {json}\n\n"
+            ))
         );
         assert!(decode_head(&rec[..5]).is_err());
         assert!(decode_head(&[]).is_err());
@@ -184,7 +186,8 @@ mod tests {
 
     #[test]
     fn minify_keeps_strings_and_numbers() {
-        let raw = "{ \"a\" : [1,\n 2.50, 123456789012345678901234567890 ],\n \"s\": \"x \\\" y\\n z\" }";
+        let raw =
+            "{ \"a\" : [1,\n 2.50, 123456789012345678901234567890 ],\n \"s\": \"x \\\" y\\n z\" }";
         assert_eq!(
             minify_json(raw),
             "{\"a\":[1,2.50,123456789012345678901234567890],\"s\":\"x \\\" y\\n z\"}"

@@ -221,9 +221,6 @@ pub(super) fn run(
     if used >= limit {
         report.more = true;
     }
-    shared
-        .metrics
-        .retention_deleted
-        .inc_by(report.deleted());
+    shared.metrics.retention_deleted.inc_by(report.deleted());
     Ok(report)
 }

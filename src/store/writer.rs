@@ -74,7 +74,11 @@ pub(super) fn spawn(
 }
 
 /// Everything already queued, plus what arrives within the window (group commit).
-fn gather(first: WriteCmd, rx: &mpsc::Receiver<WriteCmd>, window: Option<Duration>) -> Vec<WriteCmd> {
+fn gather(
+    first: WriteCmd,
+    rx: &mpsc::Receiver<WriteCmd>,
+    window: Option<Duration>,
+) -> Vec<WriteCmd> {
     let deadline = window.map(|w| Instant::now() + w);
     let mut n_events = events_in(&first);
     let mut group = vec![first];
@@ -241,6 +245,8 @@ impl Writer {
 fn fail_all(publishes: Vec<(Vec<NewEvent>, Reply<Vec<EventId>>)>, message: &str, shared: &Shared) {
     shared.metrics.publish_errors.inc_by(publishes.len() as u64);
     for (_, reply) in publishes {
-        let _ = reply.send(Err(StoreError::Task(format!("storage write failed: {message}"))));
+        let _ = reply.send(Err(StoreError::Task(format!(
+            "storage write failed: {message}"
+        ))));
     }
 }

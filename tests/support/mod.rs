@@ -23,9 +23,11 @@ pub fn init() {
 
 /// A config for tests: loopback, port 0, the given data dir, short heartbeats.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = data_dir.to_path_buf();
-    c.listen = "127.0.0.1:0".parse().unwrap();
+    let mut c = Config {
+        data_dir: data_dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     c.push.heartbeat_secs = 1;
     c.push.batch_window_ms = 5;
     c
@@ -55,12 +57,25 @@ impl TestServer {
 
     /// Starts on an existing data dir (to restart a server on the same data).
     pub async fn start_in(data_dir: &Path, f: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_at(data_dir, "127.0.0.1:0".parse().unwrap(), f).await
+    }
+
+    /// Starts on a given address (to restart a server where a proxy expects it).
+    pub async fn start_at(
+        data_dir: &Path,
+        addr: SocketAddr,
+        f: impl FnOnce(&mut Config),
+    ) -> TestServer {
         init();
         let mut config = test_config(data_dir);
         f(&mut config);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = bind_retrying(addr);
         let addr = listener.local_addr().unwrap();
-        let scheme = if config.insecure_http { "http" } else { "https" };
+        let scheme = if config.insecure_http {
+            "http"
+        } else {
+            "https"
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let r = surepush::server::run(config, listener, async {
@@ -140,6 +155,16 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+fn bind_retrying(addr: SocketAddr) -> std::net::TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = std::net::TcpListener::bind(addr) {
+            return l;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("cannot bind {addr}");
 }
 
 /// HTTPS client trusting the self-signed certificate; ALPN offers h2 and http/1.1.

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs every check and test of the project:
+# formatting, clippy, unit tests, and the integration suites in tests/ (real TLS server on
+# 127.0.0.1, hostile proxy, SIGKILL crash rounds, slow consumers, the CLI as a process).
+#
+#   bash tests/run.sh
+#
+# Under CI (CI=true) a missing tool is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+fail() { echo "tests/run.sh: $*" >&2; exit 1; }
+
+# --- what the tests need -----------------------------------------------------------
+command -v cargo >/dev/null || fail "cargo is required (install Rust with rustup)"
+if ! cargo fmt --version >/dev/null 2>&1; then
+  rustup component add rustfmt || fail "rustfmt is missing and could not be installed"
+fi
+if ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add clippy || fail "clippy is missing and could not be installed"
+fi
+
+# --- checks ------------------------------------------------------------------------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+say "build"
+cargo build --all-targets --locked
+
+say "tests"
+# Test binaries run one after another; tests inside each run in parallel.
+cargo test --all-targets --locked -- --test-threads="${SUREPUSH_TEST_THREADS:-4}"
