@@ -38,6 +38,42 @@ pub struct Config {
     pub storage: StorageConfig,
     pub push: PushConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require tokens. `false` is for development only: anyone who reaches the port
+    /// may publish and subscribe (a warning is logged at start).
+    pub enabled: bool,
+    /// "HS256" (shared secret; `surepush token` mints with it), "RS256" or "ES256"
+    /// (verify with a public key; tokens are minted elsewhere).
+    pub algorithm: String,
+    /// HS256 secret; unset = `<data_dir>/signing.key`, generated on first run.
+    pub key_file: Option<PathBuf>,
+    /// RS256/ES256 public key (PEM).
+    pub public_key_file: Option<PathBuf>,
+    /// Keys still accepted during a rotation (same algorithm), e.g. the previous secret.
+    pub previous_key_files: Vec<PathBuf>,
+    /// Tolerance for `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Patterns anyone may subscribe to without a token, e.g. ["news/**"].
+    pub public_topics: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: true,
+            algorithm: "HS256".into(),
+            key_file: None,
+            public_key_file: None,
+            previous_key_files: Vec::new(),
+            leeway_secs: 30,
+            public_topics: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -126,6 +162,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             push: PushConfig::default(),
             limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -186,6 +223,8 @@ pub struct Overrides {
 }
 
 const ENV_PREFIX: &str = "SUREPUSH_";
+/// `SUREPUSH_*` variables that belong to the command line, not to the config.
+const CLI_ENV: [&str; 4] = ["CONFIG", "LOG", "TOKEN", "TEST_VERBOSE"];
 
 impl Config {
     /// Builds the effective configuration from all layers. Returns it with warnings
@@ -217,8 +256,8 @@ impl Config {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if key == "CONFIG" || key == "LOG" {
-                continue; // read by the CLI itself
+            if CLI_ENV.contains(&key) {
+                continue; // read by the CLI itself, not config keys
             }
             let path: Vec<String> = key.split("__").map(|s| s.to_ascii_lowercase()).collect();
             if !key_known(&known, &path) {
@@ -228,7 +267,19 @@ impl Config {
                 ));
                 continue;
             }
-            set_path(&mut tree, &path, env_value(&value));
+            let v = if key_is_array(&known, &path) {
+                toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_string()))
+                        .collect(),
+                )
+            } else {
+                env_value(&value)
+            };
+            set_path(&mut tree, &path, v);
         }
         let mut config: Config = tree
             .try_into()
@@ -273,6 +324,17 @@ impl Config {
         if self.storage.retention_interval_secs == 0 {
             return bad("storage.retention_interval_secs must be at least 1");
         }
+        if !matches!(self.auth.algorithm.as_str(), "HS256" | "RS256" | "ES256") {
+            return bad("auth.algorithm must be \"HS256\", \"RS256\" or \"ES256\"");
+        }
+        if self.auth.algorithm != "HS256" && self.auth.public_key_file.is_none() {
+            return bad("auth.public_key_file is required for RS256 and ES256");
+        }
+        for p in &self.auth.public_topics {
+            if let Err(e) = crate::model::Pattern::parse(p) {
+                return Err(ConfigError::Invalid(format!("auth.public_topics: {e}")));
+            }
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be \"text\" or \"json\"");
         }
@@ -291,6 +353,14 @@ impl Config {
             .key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("tls").join("key.pem"))
+    }
+
+    /// The HS256 secret file.
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.auth
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("signing.key"))
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -318,8 +388,21 @@ fn key_known(known: &toml::Table, path: &[String]) -> bool {
     false
 }
 
+fn key_is_array(known: &toml::Table, path: &[String]) -> bool {
+    let mut table = known;
+    for (i, part) in path.iter().enumerate() {
+        match table.get(part) {
+            Some(toml::Value::Table(t)) if i + 1 < path.len() => table = t,
+            Some(toml::Value::Array(_)) => return i + 1 == path.len(),
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn optional_leaf(table: &[String], key: &str) -> bool {
-    table == ["tls"] && matches!(key, "cert_file" | "key_file")
+    (table == ["tls"] && matches!(key, "cert_file" | "key_file"))
+        || (table == ["auth"] && matches!(key, "key_file" | "public_key_file"))
 }
 
 /// An environment value as TOML: booleans and numbers keep their type, anything else is a string.

@@ -5,6 +5,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::auth::AuthError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,19 @@ pub enum ApiError {
     /// Over a size limit (413).
     #[error("{message}")]
     TooLarge { code: &'static str, message: String },
+    /// Missing, invalid or expired token (401).
+    #[error("{message}")]
+    Unauthorized { code: &'static str, message: String },
+    /// Valid token without the right (403).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    /// Over a rate or connection limit (429, with Retry-After).
+    #[error("{message}")]
+    TooMany {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("no such resource: {0}")]
     NotFound(String),
     #[error("method {0} is not allowed here")]
@@ -66,10 +80,37 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::TooLarge { code, .. }
+            | ApiError::Unauthorized { code, .. }
+            | ApiError::Forbidden { code, .. }
+            | ApiError::TooMany { code, .. }
             | ApiError::Unavailable { code, .. } => code,
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let message = e.to_string();
+        match e {
+            AuthError::Missing => ApiError::Unauthorized {
+                code: "token_required",
+                message,
+            },
+            AuthError::Expired => ApiError::Unauthorized {
+                code: "token_expired",
+                message,
+            },
+            AuthError::Invalid(_) => ApiError::Unauthorized {
+                code: "invalid_token",
+                message,
+            },
+            AuthError::Forbidden(_) => ApiError::Forbidden {
+                code: "forbidden",
+                message,
+            },
         }
     }
 }
@@ -100,6 +141,9 @@ impl ResponseError for ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -110,11 +154,19 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut resp = HttpResponse::build(self.status_code());
         resp.insert_header((header::CACHE_CONTROL, "no-store"));
-        if let ApiError::Unavailable {
-            retry_after_secs, ..
-        } = self
-        {
-            resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        match self {
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            }
+            | ApiError::TooMany {
+                retry_after_secs, ..
+            } => {
+                resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::Unauthorized { .. } => {
+                resp.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"surepush\""));
+            }
+            _ => {}
         }
         resp.json(ErrorBody {
             error: self.code(),

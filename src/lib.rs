@@ -3,6 +3,7 @@
 //! A durable event log (sled) behind an HTTPS endpoint (actix-web + rustls) that
 //! delivers through SSE, SSE close-after-batch, long polling and polling.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;

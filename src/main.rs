@@ -8,6 +8,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(a) => cli::serve::run(a).await,
         Command::PrintConfig(a) => cli::serve::print_config(a),
         Command::Init(a) => cli::init::run(a),
+        Command::Token(a) => cli::token::run(a),
         Command::Publish(a) => cli::publish::run(a).await,
         Command::Tail(a) => cli::tail::run(a).await,
     };

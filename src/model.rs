@@ -133,6 +133,20 @@ impl Pattern {
         }
     }
 
+    /// True when every topic `other` matches is also matched by `self`: a grant covering
+    /// a requested subscription.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        match (self, other) {
+            (_, Pattern::Exact(t)) => self.matches(t),
+            (Pattern::Exact(_), _) => false,
+            (Pattern::OneLevel(g), Pattern::OneLevel(p)) => g == p,
+            (Pattern::OneLevel(_), Pattern::AnyDepth(_)) => false,
+            (Pattern::AnyDepth(g), Pattern::OneLevel(p) | Pattern::AnyDepth(p)) => {
+                g == p || below(g, p).is_some()
+            }
+        }
+    }
+
     /// The topic-name prefix every matching topic starts with (for index scans).
     pub fn scan_prefix(&self) -> String {
         match self {
@@ -302,6 +316,33 @@ mod tests {
         }
         assert_eq!(Pattern::parse("a/*").unwrap().scan_prefix(), "a/");
         assert_eq!(Pattern::parse("**").unwrap().scan_prefix(), "");
+    }
+
+    #[test]
+    fn coverage() {
+        let c = |g: &str, p: &str| {
+            Pattern::parse(g)
+                .unwrap()
+                .covers(&Pattern::parse(p).unwrap())
+        };
+        assert!(c("users/42", "users/42"));
+        assert!(!c("users/42", "users/43"));
+        assert!(!c("users/42", "users/*"));
+        assert!(c("users/*", "users/42"));
+        assert!(c("users/*", "users/*"));
+        assert!(!c("users/*", "users/42/x"));
+        assert!(!c("users/*", "users/**"));
+        assert!(c("users/**", "users/42/x"));
+        assert!(c("users/**", "users/*"));
+        assert!(c("users/**", "users/42/*"));
+        assert!(c("users/**", "users/42/**"));
+        assert!(!c("users/**", "users"));
+        assert!(!c("users/**", "**"));
+        assert!(!c("users/**", "usersx/*"));
+        assert!(c("**", "**"));
+        assert!(c("**", "a/*"));
+        assert!(c("*", "a"));
+        assert!(!c("*", "a/b"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use actix_web::{web, App, HttpServer};
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::auth::{Authenticator, KeyError};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -27,6 +28,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cannot load the token keys: {0}")]
+    Keys(#[from] KeyError),
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen: {0}")]
@@ -39,6 +42,7 @@ pub enum ServerError {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
     pub log: Arc<EventLog>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
@@ -75,7 +79,9 @@ pub fn prepare_data_dir(config: &Config) -> Result<(), ServerError> {
     {
         tracing::info!(cert = %config.cert_path().display(), "created a self-signed certificate");
     }
-    tls::ensure_signing_key(&config.data_dir.join("signing.key"))?;
+    if config.auth.key_file.is_none() {
+        tls::ensure_signing_key(&config.signing_key_path())?;
+    }
     Ok(())
 }
 
@@ -108,6 +114,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     prepare_data_dir(&config)?;
+    let auth = Arc::new(Authenticator::from_config(&config)?);
+    if !auth.enabled() {
+        tracing::warn!(
+            "auth.enabled = false: anyone who reaches this port may publish and subscribe"
+        );
+    }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new();
@@ -124,6 +136,7 @@ pub async fn run(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = AppState {
         config: config.clone(),
+        auth,
         log: log.clone(),
         hub,
         metrics,

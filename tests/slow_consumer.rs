@@ -134,6 +134,24 @@ async fn stalled_reader_is_cut_and_resumes_without_loss() {
             published.push(id.as_str().unwrap().to_string());
         }
     }
+    // ...and thousands of small ones behind them.
+    for _ in 0..20 {
+        let body: Vec<Value> = (0..100)
+            .map(|i| json!({"topic": "slow", "type": "small", "data": i}))
+            .collect();
+        let v: Value = c
+            .post(s.url("/v1/publish"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for id in v["ids"].as_array().unwrap() {
+            published.push(id.as_str().unwrap().to_string());
+        }
+    }
 
     // The server cuts the stalled stream.
     let mut cut = false;
@@ -171,7 +189,7 @@ async fn stalled_reader_is_cut_and_resumes_without_loss() {
     let mut rest = Vec::new();
     loop {
         let v: Value = c
-            .get(s.url(&format!("/v1/events?topic=slow&since={since}&limit=100")))
+            .get(s.url(&format!("/v1/events?topic=slow&since={since}&limit=500")))
             .send()
             .await
             .unwrap()

@@ -34,6 +34,11 @@ pub enum Command {
     Init(InitArgs),
     /// Print the effective configuration (file, environment and flags merged).
     PrintConfig(ConfigArgs),
+    /// Mint an access token (JWT) signed with the server's key.
+    #[command(
+        after_help = "Examples:\n  surepush token --sub u42 --subscribe 'users/42' --ttl 1h\n  surepush token --config /etc/surepush/surepush.toml --sub backend --publish 'users/**' --jobs reports --ttl 30d\n  surepush token --sub worker-1 --work reports --ttl 7d"
+    )]
+    Token(TokenArgs),
     /// Publish one event over the HTTP API.
     #[command(
         after_help = "Examples:\n  surepush publish https://127.0.0.1:8443 users/42 --type greeting --data '{\"hi\":1}' --insecure\n  echo '[1,2,3]' | surepush publish https://push.example users/42 --data - --token \"$JWT\""
@@ -139,4 +144,28 @@ pub struct TailArgs {
     pub duration: Option<u64>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Subject: who the token is for (shown in logs and the admin UI).
+    #[arg(long)]
+    pub sub: String,
+    /// Topic patterns the holder may subscribe to (repeatable).
+    #[arg(long)]
+    pub subscribe: Vec<String>,
+    /// Topic patterns the holder may publish to (repeatable).
+    #[arg(long)]
+    pub publish: Vec<String>,
+    /// Job queues the holder may enqueue to (repeatable).
+    #[arg(long)]
+    pub jobs: Vec<String>,
+    /// Job queues the holder may work (repeatable).
+    #[arg(long)]
+    pub work: Vec<String>,
+    /// Lifetime, e.g. 15m, 1h, 30d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
 }

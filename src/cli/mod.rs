@@ -6,6 +6,7 @@ pub mod init;
 pub mod publish;
 pub mod serve;
 pub mod tail;
+pub mod token;
 
 pub use args::{Cli, Command};
 

@@ -38,6 +38,11 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         printed: 0,
         args,
     };
+    if f.last_id.is_empty() {
+        // Without --since: take the current head as the cursor before following, so an
+        // event published while the first connection is cut is not lost.
+        f.last_id = f.head().await?;
+    }
     let mut backoff = Duration::from_millis(250);
     loop {
         if f.finished() {
@@ -63,6 +68,25 @@ impl Follower {
     fn finished(&self) -> bool {
         self.args.count.is_some_and(|c| self.printed >= c)
             || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    async fn head(&self) -> anyhow::Result<String> {
+        let q: Vec<(&'static str, String)> = self
+            .args
+            .topics
+            .iter()
+            .map(|t| ("topic", t.clone()))
+            .collect();
+        let req = self
+            .http
+            .get(client::url_with_query(&self.args.url, "/v1/events", &q))
+            .timeout(Duration::from_secs(30));
+        let resp = client::with_token(req, &self.args.client)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.args.url))?;
+        let body: serde_json::Value = client::check(resp).await?.json().await?;
+        Ok(body["last_id"].as_str().unwrap_or_default().to_string())
     }
 
     fn query(&self) -> Vec<(&'static str, String)> {

@@ -1,5 +1,6 @@
 //! HTTP handlers. Each module registers its routes; handlers stay thin.
 
+mod auth;
 mod body;
 mod ops;
 mod params;

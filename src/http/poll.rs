@@ -57,6 +57,8 @@ fn count_fallback(st: &AppState, fallback: Option<String>) {
 async fn long_poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let cfg = &st.config.push;
     let p = params::parse(&req, cfg)?;
+    let who = super::auth::principal(&req, &st)?;
+    st.auth.authorize_subscribe(who.as_ref(), &p.patterns)?;
     let _conn = ConnectionGuard::new(&st.metrics, "longpoll", http_version(&req));
     count_fallback(&st, p.fallback);
     let sub = st.hub.subscribe(&p.patterns);
@@ -96,6 +98,8 @@ async fn long_poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
 
 async fn poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let p = params::parse(&req, &st.config.push)?;
+    let who = super::auth::principal(&req, &st)?;
+    st.auth.authorize_subscribe(who.as_ref(), &p.patterns)?;
     let _conn = ConnectionGuard::new(&st.metrics, "poll", http_version(&req));
     count_fallback(&st, p.fallback);
     let resume = st.log.resume(p.since, &p.patterns).await?;

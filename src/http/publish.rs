@@ -34,8 +34,14 @@ async fn publish(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let who = super::auth::principal(&req, &st)?;
+    if who.is_none() && st.auth.enabled() {
+        return Err(crate::auth::AuthError::Missing.into());
+    }
     let body = read_limited(&req, payload, st.config.limits.max_body_bytes).await?;
     let events = parse_publish(&body, &st.config.limits)?;
+    st.auth
+        .authorize_publish(who.as_ref(), events.iter().map(|e| &e.topic))?;
     let ids = st.log.publish(events).await?;
     let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
     Ok(HttpResponse::Created()

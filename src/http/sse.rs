@@ -13,6 +13,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::params::{self, SseMode};
 use super::{http_version, resource};
+use crate::auth::now_secs;
 use crate::error::ApiError;
 use crate::hub::Subscription;
 use crate::metrics::{ConnectionGuard, ReasonLabel};
@@ -38,6 +39,8 @@ struct SseState {
     heartbeat: Interval,
     /// Close mode: when the response ends even without events.
     deadline: Option<Instant>,
+    /// When the subscriber's token expires.
+    token_ends: Option<Instant>,
     batch_window: Duration,
     done: bool,
     transport: &'static str,
@@ -55,6 +58,13 @@ async fn stream(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
     let st: AppState = st.get_ref().clone();
     let cfg = &st.config.push;
     let p = params::parse(&req, cfg)?;
+    let who = super::auth::principal(&req, &st)?;
+    st.auth.authorize_subscribe(who.as_ref(), &p.patterns)?;
+    // A stream ends when its token does; the client renews and reconnects.
+    let token_ends = who.as_ref().map(|w| {
+        let left = w.exp.saturating_sub(now_secs()) + st.config.auth.leeway_secs;
+        Instant::now() + Duration::from_secs(left)
+    });
     if *st.shutdown.borrow() {
         return Err(shutting_down());
     }
@@ -117,6 +127,7 @@ async fn stream(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
         out,
         heartbeat,
         deadline: (mode == SseMode::Close).then(|| Instant::now() + timeout),
+        token_ends,
         batch_window: Duration::from_millis(cfg.batch_window_ms),
         done: false,
         transport,
@@ -187,6 +198,7 @@ async fn next_chunk(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseSt
         }
         let mut shutdown = s.st.shutdown.clone();
         let deadline = s.deadline;
+        let token_ends = s.token_ends;
         tokio::select! {
             _ = s.sub.notified() => {
                 if s.mode == SseMode::Close {
@@ -201,6 +213,12 @@ async fn next_chunk(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseSt
                 s.done = true;
             }
             _ = sleep_until_opt(deadline) => s.done = true,
+            _ = sleep_until_opt(token_ends) => {
+                s.out.push_back(Bytes::from_static(
+                    b"event: surepush.token_expired\ndata: {\"renew\":true}\n\n",
+                ));
+                s.done = true;
+            }
         }
     }
 }

@@ -65,6 +65,8 @@ pub(super) struct Shared {
     pub max_trimmed: AtomicU64,
     pub recent: RwLock<Recent>,
     pub over_limit: Mutex<std::collections::HashSet<String>>,
+    /// The per-topic limit the writer flags `over_limit` topics by (0: it flags none).
+    pub flag_threshold: u64,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
 }
@@ -149,6 +151,7 @@ impl EventLog {
             max_trimmed: AtomicU64::new(max_trimmed),
             recent: RwLock::new(recent),
             over_limit: Mutex::new(over_limit),
+            flag_threshold: config.retention_max_events_per_topic,
             hub,
             metrics,
         });
@@ -337,6 +340,9 @@ impl EventLog {
 
     /// Topics with their counts, in name order, starting after `after`.
     pub async fn topics(&self, after: String, limit: usize) -> Result<Vec<TopicInfo>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let shared = self.shared.clone();
         blocking(move || {
             let mut start = keys::topic(&after);
@@ -401,7 +407,7 @@ fn load_recent(tree: &sled::Tree, epoch: u32, capacity: usize) -> Result<Recent,
     })
 }
 
-fn topics_over(
+pub(super) fn topics_over(
     tree: &sled::Tree,
     max_per_topic: u64,
 ) -> Result<std::collections::HashSet<String>, StoreError> {

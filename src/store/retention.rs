@@ -177,11 +177,19 @@ pub(super) fn run(
 
     let mut d = Deleter::new(shared, used);
     if policy.max_events_per_topic > 0 {
-        let topics: Vec<String> = shared
+        let mut topics: Vec<String> = shared
             .over_limit
             .lock()
             .map(|mut s| s.drain().collect())
             .unwrap_or_default();
+        // The writer flags topics by the configured limit; a stricter policy than that
+        // must look at every topic.
+        let threshold = shared.flag_threshold;
+        if threshold == 0 || policy.max_events_per_topic < threshold {
+            topics = super::log::topics_over(&shared.tree, policy.max_events_per_topic)?
+                .into_iter()
+                .collect();
+        }
         let mut unfinished = Vec::new();
         for topic in topics {
             let m = TopicMeta::load(&shared.tree, &topic)?;

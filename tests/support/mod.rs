@@ -30,6 +30,8 @@ pub fn test_config(data_dir: &Path) -> Config {
     };
     c.push.heartbeat_secs = 1;
     c.push.batch_window_ms = 5;
+    // Suites about delivery run open; tests/auth.rs turns auth on.
+    c.auth.enabled = false;
     c
 }
 
@@ -274,6 +276,7 @@ impl ChildServer {
             .arg("127.0.0.1:0")
             .args(extra)
             .env_remove("SUREPUSH_CONFIG")
+            .env("SUREPUSH_AUTH__ENABLED", "false")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
