@@ -32,6 +32,7 @@ fn spawn_server(env: &[(&str, &str)]) -> Server {
         .arg(dir.path())
         .env("SUREPUSH_LOG", "warn,surepush::server=info")
         .env("SUREPUSH_AUTH__ENABLED", "false")
+        .env("SUREPUSH_LIMITS__PUBLISH_RATE_PER_SEC", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in env {

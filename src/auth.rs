@@ -385,4 +385,45 @@ mod tests {
             .authorize_publish(None, [&Topic::parse("x").unwrap()])
             .is_ok());
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cases() -> u32 {
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+            /// Arbitrary token text: refused, never a panic, never accepted.
+            #[test]
+            fn fuzz_token_text(t in "\\PC{0,400}") {
+                let dir = tempfile::tempdir().unwrap();
+                let a = auth_with(dir.path(), |_| {});
+                prop_assert!(a.verify(&t).is_err());
+            }
+
+            /// Correctly signed tokens with arbitrary claim shapes: either a principal or
+            /// a clear error, never a panic.
+            #[test]
+            fn fuzz_signed_claims(sub in "\\PC{0,20}", subscribe in prop::collection::vec("\\PC{0,30}", 0..4), extra in any::<i64>()) {
+                let dir = tempfile::tempdir().unwrap();
+                let a = auth_with(dir.path(), |_| {});
+                let claims = serde_json::json!({
+                    "sub": sub, "exp": now_secs() + 60, "surepush": {"subscribe": subscribe, "weird": extra}
+                });
+                let key = EncodingKey::from_secret(secret(&std::fs::read(dir.path().join("signing.key")).unwrap()));
+                let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+                match a.verify(&t) {
+                    Ok(p) => prop_assert_eq!(p.subscribe.len(), subscribe.len()),
+                    Err(e) => prop_assert!(matches!(e, AuthError::Invalid(_))),
+                }
+            }
+        }
+    }
 }

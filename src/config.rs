@@ -39,6 +39,32 @@ pub struct Config {
     pub push: PushConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub cors: CorsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins whose pages may call the push and publish endpoints, e.g.
+    /// ["https://app.example.com"]; "*" allows any origin.
+    pub allowed_origins: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allowed_origins: Vec::new(),
+            max_age_secs: 600,
+        }
+    }
+}
+
+impl CorsConfig {
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|o| o == "*" || o == origin)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -149,6 +175,22 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     pub max_event_data_bytes: usize,
     pub max_batch_len: usize,
+    /// Open connections from one client IP (0 = no limit). Offices behind one NAT
+    /// address share it: size it for the largest site.
+    pub max_connections_per_ip: u32,
+    /// Open connections in total; beyond it the server stops accepting until some close.
+    pub max_connections: usize,
+    /// Events a second each token subject may publish (0 = no limit), and the burst.
+    pub publish_rate_per_sec: u64,
+    pub publish_burst: u64,
+    /// A client must send its request head within this time (slowloris).
+    pub header_timeout_ms: u64,
+    pub tls_handshake_timeout_ms: u64,
+    /// TLS handshakes in progress per worker thread. Silent connections hold a slot until
+    /// the handshake timeout: keep this high so they cannot crowd out real clients.
+    pub max_pending_handshakes: usize,
+    /// Idle keep-alive connections are closed after this.
+    pub keep_alive_secs: u64,
 }
 
 impl Default for Config {
@@ -163,6 +205,7 @@ impl Default for Config {
             push: PushConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -209,6 +252,14 @@ impl Default for LimitsConfig {
             max_body_bytes: 1 << 20,
             max_event_data_bytes: 256 << 10,
             max_batch_len: 1000,
+            max_connections_per_ip: 1000,
+            max_connections: 25_000,
+            publish_rate_per_sec: 10_000,
+            publish_burst: 20_000,
+            header_timeout_ms: 5000,
+            tls_handshake_timeout_ms: 3000,
+            max_pending_handshakes: 4096,
+            keep_alive_secs: 30,
         }
     }
 }
@@ -320,6 +371,9 @@ impl Config {
         }
         if self.limits.max_batch_len == 0 || self.limits.max_body_bytes < 64 {
             return bad("limits.max_batch_len must be >= 1 and limits.max_body_bytes >= 64");
+        }
+        if self.limits.header_timeout_ms == 0 || self.limits.max_connections == 0 {
+            return bad("limits.header_timeout_ms and limits.max_connections must be at least 1");
         }
         if self.storage.retention_interval_secs == 0 {
             return bad("storage.retention_interval_secs must be at least 1");

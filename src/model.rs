@@ -381,4 +381,93 @@ mod tests {
         assert!(validate_type("a\nb").is_err());
         assert!(validate_type(&"a".repeat(129)).is_err());
     }
+
+    /// Property tests (fuzzing where a fuzzer does not fit the stable toolchain):
+    /// `PROPTEST_CASES=1000000 cargo test --lib fuzz_` for a long run.
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn cases() -> u32 {
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3000)
+        }
+
+        fn segment() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_.~-]{1,6}"
+        }
+
+        fn topic() -> impl Strategy<Value = String> {
+            prop::collection::vec(segment(), 1..5).prop_map(|v| v.join("/"))
+        }
+
+        fn pattern() -> impl Strategy<Value = String> {
+            prop_oneof![
+                topic(),
+                topic().prop_map(|t| format!("{t}/*")),
+                topic().prop_map(|t| format!("{t}/**")),
+                Just("*".to_string()),
+                Just("**".to_string()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+            #[test]
+            fn fuzz_parsers_never_panic(s in "\\PC{0,300}") {
+                let _ = Topic::parse(&s);
+                let _ = Pattern::parse(&s);
+                let _ = EventId::parse(&s);
+                let _ = Since::parse(&s);
+                let _ = validate_type(&s);
+            }
+
+            #[test]
+            fn fuzz_valid_topics_round_trip(t in topic()) {
+                let parsed = Topic::parse(&t).unwrap();
+                prop_assert_eq!(parsed.as_str(), t.as_str());
+                let pat = Pattern::parse(&t).unwrap();
+                prop_assert!(pat.matches(&t));
+            }
+
+            #[test]
+            fn fuzz_patterns_round_trip(p in pattern()) {
+                prop_assert_eq!(Pattern::parse(&p).unwrap().to_string(), p);
+            }
+
+            #[test]
+            fn fuzz_ids_round_trip(seq in any::<u64>(), epoch in any::<u32>()) {
+                let id = EventId { seq, epoch };
+                prop_assert_eq!(EventId::parse(&id.to_string()), Ok(id));
+                prop_assert_eq!(Since::parse(&id.to_string()), Ok(Since::Id(id)));
+            }
+
+            /// A grant that covers a subscription lets through nothing the grant would not:
+            /// the property the authorization check relies on.
+            #[test]
+            fn fuzz_coverage_is_sound(g in pattern(), p in pattern(), t in topic()) {
+                let g = Pattern::parse(&g).unwrap();
+                let p = Pattern::parse(&p).unwrap();
+                if g.covers(&p) && p.matches(&t) {
+                    prop_assert!(g.matches(&t), "{} covers {} but not {}", g, p, t);
+                }
+            }
+
+            /// Same, with topics built from the pattern's own prefix (where bugs would hide).
+            #[test]
+            fn fuzz_coverage_on_related_topics(g in pattern(), p in pattern(), tail in prop::collection::vec(segment(), 0..3)) {
+                let g = Pattern::parse(&g).unwrap();
+                let pp = Pattern::parse(&p).unwrap();
+                let base = pp.scan_prefix();
+                let t = format!("{}{}", base, tail.join("/"));
+                let t = t.trim_end_matches('/').to_string();
+                if Topic::parse(&t).is_ok() && g.covers(&pp) && pp.matches(&t) {
+                    prop_assert!(g.matches(&t), "{} covers {} but not {}", g, pp, t);
+                }
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::auth::{Authenticator, KeyError};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::{ConnLimiter, RateLimiter};
 use crate::metrics::Metrics;
 use crate::stall::StallWatch;
 use crate::store::{blocking, now_ms, EventLog, StoreError};
@@ -47,6 +48,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub stalls: Arc<StallWatch>,
+    pub conns: Arc<ConnLimiter>,
+    pub publish_rate: Arc<RateLimiter>,
     /// Becomes true when the server is shutting down: streams say goodbye and end.
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
@@ -87,6 +90,7 @@ pub fn prepare_data_dir(config: &Config) -> Result<(), ServerError> {
 
 fn on_connect(
     socket_send_buffer: usize,
+    conns: Arc<ConnLimiter>,
 ) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
     move |conn, ext| {
         type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
@@ -102,6 +106,9 @@ fn on_connect(
             ext.insert(ConnInfo {
                 fd: tcp.as_raw_fd(),
             });
+            if let Ok(peer) = tcp.peer_addr() {
+                ext.insert(conns.open(peer.ip()));
+            }
         }
     }
 }
@@ -141,6 +148,11 @@ pub async fn run(
         hub,
         metrics,
         stalls: stalls.clone(),
+        conns: ConnLimiter::new(config.limits.max_connections_per_ip),
+        publish_rate: Arc::new(RateLimiter::new(
+            config.limits.publish_rate_per_sec,
+            config.limits.publish_burst,
+        )),
         shutdown: shutdown_rx,
         started: Instant::now(),
     };
@@ -184,14 +196,23 @@ fn build_http_server(
     listener: std::net::TcpListener,
     data: web::Data<AppState>,
 ) -> Result<actix_web::dev::Server, ServerError> {
+    let conns = data.conns.clone();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let limits = &config.limits;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(crate::http::guard::guard))
             .configure(crate::http::configure)
     })
-    .on_connect(on_connect(config.push.socket_send_buffer_bytes))
+    .workers(workers)
+    .on_connect(on_connect(config.push.socket_send_buffer_bytes, conns))
     .backlog(4096)
-    .keep_alive(Duration::from_secs(30))
+    .max_connections(limits.max_connections.div_ceil(workers))
+    .max_connection_rate(limits.max_pending_handshakes)
+    .keep_alive(Duration::from_secs(limits.keep_alive_secs))
+    .client_request_timeout(Duration::from_millis(limits.header_timeout_ms))
+    .tls_handshake_timeout(Duration::from_millis(limits.tls_handshake_timeout_ms))
     .shutdown_timeout(5)
     .disable_signals();
     let scheme = if config.insecure_http {
@@ -202,7 +223,9 @@ fn build_http_server(
     let server = if config.insecure_http {
         server.listen(listener).map_err(ServerError::Listen)?
     } else {
-        let tls = tls::server_config(&config.cert_path(), &config.key_path())?;
+        let certs = tls::CertStore::load(&config.cert_path(), &config.key_path())?;
+        tokio::spawn(reload_on_sighup(certs.clone()));
+        let tls = tls::server_config(certs)?;
         server
             .listen_rustls_0_23(listener, tls)
             .map_err(ServerError::Listen)?
@@ -211,6 +234,22 @@ fn build_http_server(
         tracing::info!("listening on {scheme}://{addr}");
     }
     Ok(server.run())
+}
+
+/// SIGHUP re-reads the certificate and key; open connections are untouched.
+async fn reload_on_sighup(certs: Arc<tls::CertStore>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match certs.reload() {
+            Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: certificate reload failed; keeping the current one")
+            }
+        }
+    }
 }
 
 async fn retention_loop(state: AppState) {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -124,16 +126,59 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+/// The serving certificate, swappable at run time (SIGHUP) without touching open
+/// connections: each new handshake asks the resolver for the current one.
+#[derive(Debug)]
+pub struct CertStore {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let certs = load_certs(cert)?;
     let key = load_key(key)?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let ck = CertifiedKey::new(certs, signing);
+    // the key must belong to the certificate
+    ck.keys_match()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok(ck)
+}
+
+impl CertStore {
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, TlsError> {
+        Ok(Arc::new(CertStore {
+            cert_path: cert.to_path_buf(),
+            key_path: key.to_path_buf(),
+            current: std::sync::RwLock::new(Arc::new(certified_key(cert, key)?)),
+        }))
+    }
+
+    /// Re-reads the files; on any error the current certificate stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Arc::new(certified_key(&self.cert_path, &self.key_path)?);
+        if let Ok(mut cur) = self.current.write() {
+            *cur = fresh;
+        }
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+}
+
+pub fn server_config(certs: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        .with_cert_resolver(certs);
     // http/1.0 too: old clients that offer only it must not fail the handshake.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(config)
@@ -169,15 +214,22 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let cfg = server_config(&cert, &key).unwrap();
+        let store = CertStore::load(&cert, &key).unwrap();
+        let cfg = server_config(store.clone()).unwrap();
         assert_eq!(cfg.alpn_protocols[0], b"h2");
+        // a reload with a broken file keeps the old certificate
+        let good = fs::read(&cert).unwrap();
+        fs::write(&cert, b"garbage").unwrap();
+        assert!(store.reload().is_err());
+        fs::write(&cert, good).unwrap();
+        assert!(store.reload().is_ok());
         fs::remove_file(&key).unwrap();
         assert!(matches!(
             ensure_self_signed(&cert, &key, &default_names()),
             Err(TlsError::HalfPair { .. })
         ));
         assert!(matches!(
-            server_config(&cert, &dir.path().join("nope")),
+            CertStore::load(&cert, &dir.path().join("nope")),
             Err(TlsError::Read { .. })
         ));
     }

@@ -42,9 +42,29 @@ fn open(path: &Path, cfg: &StorageConfig) -> EventLog {
 
 fn open_with_metrics(path: &Path, cfg: &StorageConfig) -> (EventLog, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let log = EventLog::open(path, cfg, Hub::new(), metrics.clone())
+    let log = retry_locked(|| EventLog::open(path, cfg, Hub::new(), metrics.clone()))
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     (log, metrics)
+}
+
+/// sled 0.34 releases its file lock asynchronously after the last handle is dropped
+/// (spacejam/sled#1234), so reopening a path in the same process right after a close
+/// can fail for a moment with "could not acquire lock". Retries that error only, for a
+/// bounded time. (`EventLog::open` itself does not retry; see the report and
+/// `reopening_at_once_after_close_succeeds`.)
+fn retry_locked<T, E: std::fmt::Display>(mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match f() {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn ev(topic: &str, kind: &str, data: Value) -> NewEvent {
@@ -410,6 +430,81 @@ async fn reopen_after_a_plain_drop() {
     }
     let id = log.publish(vec![ev("d/x", "t", json!(20))]).await.unwrap();
     assert_eq!(id[0].seq, 21);
+}
+
+/// A server restarted in the same process (tests, an embedding app) reopens the log
+/// right after closing it. `close()` has returned and the `EventLog` is dropped, so the
+/// open should succeed at once.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "bug: EventLog::open (src/store/log.rs) fails with a transient sled \
+            'could not acquire lock' (WouldBlock) right after the previous EventLog on the \
+            path was closed and dropped; sled 0.34 releases its flock asynchronously \
+            (spacejam/sled#1234) and open does not retry; see report"]
+async fn reopening_at_once_after_close_succeeds() {
+    // other logs busy in the same process meanwhile, as in a test suite
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let stop = stop.clone();
+        busy.push(tokio::spawn(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let log = open(&db_path(&dir), &storage(0));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                log.publish((0..50).map(|i| ev("busy/x", "t", json!(i))).collect())
+                    .await
+                    .unwrap();
+                let _ = log.read(0, &pats(&["busy/*"]), 2000).await.unwrap();
+            }
+        }));
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(tokio::spawn(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = db_path(&dir);
+            let mut failures = Vec::new();
+            for round in 0..100u64 {
+                let log =
+                    match EventLog::open(&path, &storage(64), Hub::new(), Arc::new(Metrics::new()))
+                    {
+                        Ok(log) => log,
+                        Err(e) => {
+                            failures.push(format!("round {round}: {e}"));
+                            open(&path, &storage(64)) // the helper waits the lock out
+                        }
+                    };
+                let id = log
+                    .publish(vec![ev("o/x", "t", json!(round))])
+                    .await
+                    .unwrap();
+                assert_eq!(id[0].seq, round + 1);
+                log.close().await.unwrap();
+                drop(log);
+            }
+            failures
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        failures.extend(
+            tokio::time::timeout(Duration::from_secs(120), t)
+                .await
+                .expect("reopen loop finished")
+                .unwrap(),
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in busy {
+        tokio::time::timeout(Duration::from_secs(60), b)
+            .await
+            .expect("busy log stops")
+            .unwrap();
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 600 immediate reopens failed: {failures:#?}",
+        failures.len()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1146,14 +1241,15 @@ async fn resume_from_unissued_or_foreign_ids_resets() {
 // schema guard
 
 fn write_schema_marker(path: &Path, version: u32) {
-    let db = sled::open(path).unwrap();
+    let db = retry_locked(|| sled::open(path)).unwrap();
     let tree = db.open_tree("log").unwrap();
     tree.insert(b"mschema", &version.to_be_bytes()).unwrap();
     db.flush().unwrap();
 }
 
 fn expect_newer_schema(path: &Path, found_want: u32) {
-    match EventLog::open(path, &storage(16), Hub::new(), Arc::new(Metrics::new())) {
+    match retry_locked(|| EventLog::open(path, &storage(16), Hub::new(), Arc::new(Metrics::new())))
+    {
         Err(StoreError::NewerSchema { found, supported }) => {
             assert_eq!(found, found_want);
             assert_eq!(supported, SCHEMA_VERSION);

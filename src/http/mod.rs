@@ -2,6 +2,7 @@
 
 mod auth;
 mod body;
+pub mod guard;
 mod ops;
 mod params;
 mod poll;

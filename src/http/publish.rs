@@ -42,6 +42,21 @@ async fn publish(
     let events = parse_publish(&body, &st.config.limits)?;
     st.auth
         .authorize_publish(who.as_ref(), events.iter().map(|e| &e.topic))?;
+    let subject = match (&who, req.peer_addr()) {
+        (Some(w), _) => w.sub.clone(),
+        (None, Some(peer)) => format!("ip:{}", peer.ip()),
+        (None, None) => "anonymous".to_string(),
+    };
+    st.publish_rate
+        .take(&subject, events.len() as u64, std::time::Instant::now())
+        .map_err(|retry_after_secs| ApiError::TooMany {
+            code: "publish_rate_limited",
+            message: format!(
+                "{subject} is over the publish rate of {}/s; retry after {retry_after_secs} s",
+                st.config.limits.publish_rate_per_sec
+            ),
+            retry_after_secs,
+        })?;
     let ids = st.log.publish(events).await?;
     let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
     Ok(HttpResponse::Created()
@@ -178,5 +193,47 @@ mod tests {
         let e =
             parse_publish(br#"[{"topic":"a"},{"topic":"a"},{"topic":"a"}]"#, &limits).unwrap_err();
         assert_eq!(e.code(), "batch_too_large");
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cases() -> u32 {
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3000)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+            /// Arbitrary bytes: a clear error or events, never a panic.
+            #[test]
+            fn fuzz_publish_body_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_publish(&body, &LimitsConfig::default());
+            }
+
+            /// Arbitrary JSON values shaped like events.
+            #[test]
+            fn fuzz_publish_body_json(topic in "\\PC{0,40}", kind in "\\PC{0,20}", n in any::<i64>(), s in "\\PC{0,60}", many in any::<bool>()) {
+                let ev = serde_json::json!({"topic": topic, "type": kind, "data": {"n": n, "s": s}});
+                let body = if many { serde_json::json!([ev.clone(), ev]) } else { ev };
+                let text = serde_json::to_string_pretty(&body).unwrap();
+                match parse_publish(text.as_bytes(), &LimitsConfig::default()) {
+                    Ok(events) => {
+                        for e in events {
+                            // the stored data is the same JSON, on one line
+                            prop_assert!(!e.data_json.contains('\n'));
+                            let v: serde_json::Value = serde_json::from_str(&e.data_json).unwrap();
+                            prop_assert_eq!(&v["n"], &serde_json::json!(n));
+                            prop_assert_eq!(&v["s"], &serde_json::json!(s.clone()));
+                        }
+                    }
+                    Err(e) => prop_assert!(matches!(e.code(), "invalid_topic" | "invalid_type")),
+                }
+            }
+        }
     }
 }

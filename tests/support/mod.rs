@@ -32,6 +32,7 @@ pub fn test_config(data_dir: &Path) -> Config {
     c.push.batch_window_ms = 5;
     // Suites about delivery run open; tests/auth.rs turns auth on.
     c.auth.enabled = false;
+    c.limits.publish_rate_per_sec = 0;
     c
 }
 
@@ -277,6 +278,7 @@ impl ChildServer {
             .args(extra)
             .env_remove("SUREPUSH_CONFIG")
             .env("SUREPUSH_AUTH__ENABLED", "false")
+            .env("SUREPUSH_LIMITS__PUBLISH_RATE_PER_SEC", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

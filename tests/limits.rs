@@ -1,0 +1,394 @@
+//! Limits and TLS hardening: per-IP connection cap under a flood, huge bodies, a
+//! slowloris client, the publish rate per token, TLS versions, and certificate reload on
+//! SIGHUP without dropping open streams. After each, the server is still healthy.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A client bound to another loopback address: a different client IP.
+fn client_from(ip: &str) -> reqwest::Client {
+    init();
+    reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn healthy_from_other_ip(s: &TestServer) {
+    let c = client_from("127.0.0.2");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = c.get(s.url("/readyz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "server unhealthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_ip_cap_under_a_connection_flood() {
+    let s = TestServer::start_with(|c| {
+        c.limits.max_connections_per_ip = 100;
+    })
+    .await;
+    // 5 000 raw connections from one IP that never say anything
+    let mut flood = Vec::new();
+    for chunk in 0..50 {
+        let conns: Vec<_> = (0..100)
+            .map(|_| {
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::TcpStream::connect(s.addr),
+                )
+            })
+            .collect();
+        for c in futures_util::future::join_all(conns).await {
+            if let Ok(Ok(c)) = c {
+                flood.push(c);
+            }
+        }
+        let _ = chunk;
+    }
+    eprintln!("flood: {} raw connections open", flood.len());
+    assert!(flood.len() >= 4000, "could open only {}", flood.len());
+    healthy_from_other_ip(&s).await;
+    drop(flood);
+
+    // 500 real HTTPS long polls from one IP against a cap of 100
+    let c = client_h1();
+    let polls: Vec<_> = (0..500)
+        .map(|_| {
+            let c = c.clone();
+            let url = s.url("/v1/poll?topic=capped&timeout=8");
+            tokio::spawn(async move {
+                match c.get(url).send().await {
+                    Ok(r) => {
+                        let retry = r.headers().get("retry-after").is_some();
+                        let st = r.status().as_u16();
+                        let body: Value = r.json().await.unwrap_or(Value::Null);
+                        (st, retry, body["error"].as_str().unwrap_or("").to_string())
+                    }
+                    Err(e) => (0, false, format!("{e:?}")),
+                }
+            })
+        })
+        .collect();
+    // while the cap is reached, monitoring from the same IP still gets through
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = client_h1().get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut ok = 0;
+    let mut refused = 0;
+    for p in polls {
+        let (st, retry, code) = p.await.unwrap();
+        match st {
+            200 => ok += 1,
+            429 => {
+                assert!(retry, "429 carries Retry-After");
+                assert_eq!(code, "too_many_connections");
+                refused += 1
+            }
+            other => panic!("unexpected status {other}: {code}"),
+        }
+    }
+    eprintln!("per-IP cap 100: {ok} long polls served, {refused} refused with 429");
+    assert!((95..=100).contains(&ok), "{ok} served");
+    assert_eq!(ok + refused, 500);
+    healthy_from_other_ip(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_50_mb_body_is_refused_without_being_read() {
+    let s = TestServer::start().await;
+    // declared size: refused from the header alone
+    let started = Instant::now();
+    let big = vec![b'x'; 50 * 1024 * 1024];
+    let r = client_h1()
+        .post(s.url("/v1/publish"))
+        .body(big)
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            assert_eq!(r.status(), 413);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"], "body_too_large");
+        }
+        // the server may close before the client finished sending 50 MB
+        Err(e) => eprintln!("client saw the connection closed early: {e}"),
+    }
+    // undeclared size (chunked): refused once the limit is crossed
+    let chunks =
+        futures_util::stream::iter((0..50).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 1 << 20])));
+    let r = client_h1()
+        .post(s.url("/v1/publish"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    }
+    eprintln!("50 MB bodies refused in {:?}", started.elapsed());
+    healthy_from_other_ip(&s).await;
+    s.publish("after", json!(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_is_cut_while_others_are_served() {
+    let s = TestServer::start_with(|c| {
+        c.insecure_http = true; // the header timer is the same with TLS; plain keeps the client simple
+        c.limits.header_timeout_ms = 2000;
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let started = Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut closed_after = None;
+    for b in head.iter() {
+        if slow.write_all(&[*b]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        // meanwhile a normal client is served
+        let r = client().get(s.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf)).await
+        {
+            // 408 Request Timeout, or EOF
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+    }
+    let t = closed_after.expect("the slow client was never cut");
+    eprintln!("slowloris client cut after {t:?}");
+    assert!(t < Duration::from_secs(6));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_rate_per_token() {
+    let s = TestServer::start_with(|c| {
+        c.auth.enabled = true;
+        c.limits.publish_rate_per_sec = 5;
+        c.limits.publish_burst = 10;
+    })
+    .await;
+    let mut cfg = surepush::config::Config {
+        data_dir: s.data_dir.clone(),
+        ..Default::default()
+    };
+    cfg.auth.enabled = true;
+    let m = surepush::auth::Authenticator::from_config(&cfg).unwrap();
+    let token = |sub: &str| {
+        m.mint(&surepush::auth::Claims {
+            sub: sub.into(),
+            exp: surepush::auth::now_secs() + 600,
+            nbf: None,
+            iat: None,
+            surepush: surepush::auth::Grants {
+                publish: vec!["r/**".into()],
+                ..Default::default()
+            },
+        })
+        .unwrap()
+    };
+    let (a, b) = (token("alice"), token("bob"));
+    let c = client();
+    let publish = |t: String| {
+        let c = c.clone();
+        let url = s.url("/v1/publish");
+        async move {
+            c.post(url)
+                .bearer_auth(t)
+                .json(&json!({"topic": "r/x"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..10 {
+        assert_eq!(
+            publish(a.clone()).await.status(),
+            201,
+            "publish {i} within the burst"
+        );
+    }
+    let r = publish(a.clone()).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "publish_rate_limited");
+    assert_eq!(
+        publish(b).await.status(),
+        201,
+        "another subject is not limited"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(publish(a).await.status(), 201, "the bucket refills");
+}
+
+/// Records the certificate the server presents.
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<Vec<u8>>>);
+
+impl rustls::client::danger::ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0.lock().unwrap().push(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Handshakes with the given protocol versions; returns the presented certificate.
+async fn handshake(
+    addr: SocketAddr,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Vec<u8>, String> {
+    init();
+    let rec = Arc::new(Recorder::default());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(rec.clone())
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let cert = rec
+        .0
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .ok_or("no certificate")?;
+    Ok(cert)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_versions_and_reload_on_sighup_keep_open_streams() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path(), &[]);
+    let v12 = handshake(server.addr, &[&rustls::version::TLS12])
+        .await
+        .unwrap();
+    let v13 = handshake(server.addr, &[&rustls::version::TLS13])
+        .await
+        .unwrap();
+    assert_eq!(v12, v13);
+
+    // a stream opened before the reload
+    let r = client()
+        .get(server.url("/v1/stream?topic=reload"))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = SseReader::new(r);
+    assert_eq!(
+        sse.next_any(Duration::from_secs(5)).await.unwrap().event,
+        "surepush.hello"
+    );
+
+    // new certificate files, then SIGHUP
+    let cert = dir.path().join("tls/cert.pem");
+    let key = dir.path().join("tls/key.pem");
+    std::fs::remove_file(&cert).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    surepush::tls::ensure_self_signed(
+        &cert,
+        &key,
+        &["localhost".to_string(), "reloaded.test".into()],
+    )
+    .unwrap();
+    unsafe {
+        libc::kill(server.child.id() as i32, libc::SIGHUP);
+    }
+    let mut fresh = v13.clone();
+    for _ in 0..50 {
+        fresh = handshake(server.addr, &[&rustls::version::TLS13])
+            .await
+            .unwrap();
+        if fresh != v13 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(fresh, v13, "new connections get the new certificate");
+
+    // the old stream still delivers
+    let id = publish_to(&server.base_url, "reload", json!("after reload")).await;
+    let e = sse
+        .next_event(Duration::from_secs(5))
+        .await
+        .expect("stream survived the reload");
+    assert_eq!(e.id, id);
+
+    // a broken certificate file: the reload fails, the current certificate stays
+    std::fs::write(&cert, b"not a certificate").unwrap();
+    unsafe {
+        libc::kill(server.child.id() as i32, libc::SIGHUP);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = handshake(server.addr, &[&rustls::version::TLS13])
+        .await
+        .unwrap();
+    assert_eq!(still, fresh);
+}
