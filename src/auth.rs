@@ -376,6 +376,27 @@ mod tests {
     }
 
     #[test]
+    fn es256_with_a_public_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let public = dir.path().join("jwt-public.pem");
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        let a = auth_with(dir.path(), |c| {
+            c.auth.algorithm = "ES256".into();
+            c.auth.public_key_file = Some(public.clone());
+        });
+        let signer = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let c = claims(&["a"], &[], now_secs() + 60);
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &c, &signer).unwrap();
+        assert_eq!(a.verify(&t).unwrap().sub, "u42");
+        // an HS256 token made with the (now irrelevant) secret is refused
+        let hs = auth_with(dir.path(), |_| {}).mint(&c).unwrap();
+        assert!(matches!(a.verify(&hs), Err(AuthError::Invalid(_))));
+        // this server cannot mint ES256 tokens
+        assert!(matches!(a.mint(&c), Err(KeyError::CannotMint(_))));
+    }
+
+    #[test]
     fn disabled_allows_everything() {
         let dir = tempfile::tempdir().unwrap();
         let a = auth_with(dir.path(), |c| c.auth.enabled = false);

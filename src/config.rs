@@ -40,6 +40,43 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub cors: CorsConfig,
+    pub jobs: JobsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Attempts when the enqueue does not say, and the most it may ask for.
+    pub default_max_attempts: u32,
+    pub max_attempts_limit: u32,
+    /// Largest payload, and largest result, as JSON text.
+    pub max_payload_bytes: usize,
+    /// Lease length when the worker does not say, and the longest allowed.
+    pub lease_secs_default: u64,
+    pub lease_secs_max: u64,
+    /// Longest a lease request may wait for jobs.
+    pub wait_secs_max: u64,
+    /// Most jobs one lease request may take.
+    pub max_lease_batch: usize,
+    /// Retry delay: base * 2^(attempt-1), capped.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            default_max_attempts: 5,
+            max_attempts_limit: 100,
+            max_payload_bytes: 256 << 10,
+            lease_secs_default: 30,
+            lease_secs_max: 3600,
+            wait_secs_max: 60,
+            max_lease_batch: 100,
+            backoff_base_ms: 1000,
+            backoff_max_ms: 300_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -206,6 +243,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             cors: CorsConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -374,6 +412,15 @@ impl Config {
         }
         if self.limits.header_timeout_ms == 0 || self.limits.max_connections == 0 {
             return bad("limits.header_timeout_ms and limits.max_connections must be at least 1");
+        }
+        let j = &self.jobs;
+        if j.default_max_attempts == 0
+            || j.default_max_attempts > j.max_attempts_limit
+            || j.lease_secs_default == 0
+            || j.lease_secs_default > j.lease_secs_max
+            || j.max_lease_batch == 0
+        {
+            return bad("jobs: attempts, lease and batch settings must be positive and defaults within their maxima");
         }
         if self.storage.retention_interval_secs == 0 {
             return bad("storage.retention_interval_secs must be at least 1");

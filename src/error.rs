@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::store::jobs::JobError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,9 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    /// The request conflicts with the resource's state (409).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("no such resource: {0}")]
     NotFound(String),
     #[error("method {0} is not allowed here")]
@@ -83,6 +87,7 @@ impl ApiError {
             | ApiError::Unauthorized { code, .. }
             | ApiError::Forbidden { code, .. }
             | ApiError::TooMany { code, .. }
+            | ApiError::Conflict { code, .. }
             | ApiError::Unavailable { code, .. } => code,
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -118,6 +123,11 @@ impl From<AuthError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
+            StoreError::Job(JobError::NotFound(id)) => ApiError::NotFound(format!("job {id}")),
+            StoreError::Job(JobError::Conflict(message)) => ApiError::Conflict {
+                code: "lease_conflict",
+                message,
+            },
             StoreError::Closed => ApiError::Unavailable {
                 code: "shutting_down",
                 message: "the server is shutting down; retry shortly".into(),
@@ -144,6 +154,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

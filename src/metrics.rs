@@ -34,6 +34,16 @@ pub struct Metrics {
     pub storage_bytes: Gauge,
     pub commit_group_events: Histogram,
     pub publish_errors: Counter,
+    pub job_attempts: Counter,
+    pub lease_expiries: Counter,
+    pub job_latency_seconds: Histogram,
+    pub queue_jobs: Family<QueueStateLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueStateLabels {
+    pub queue: String,
+    pub state: &'static str,
 }
 
 impl Default for Metrics {
@@ -100,8 +110,34 @@ impl Metrics {
             "Publishes that failed in storage",
             publish_errors.clone(),
         );
+        let job_attempts = Counter::default();
+        registry.register(
+            "job_attempts",
+            "Job attempts started (leases given out)",
+            job_attempts.clone(),
+        );
+        let lease_expiries = Counter::default();
+        registry.register(
+            "job_lease_expiries",
+            "Leases that expired without completion (jobs returned or dead-lettered)",
+            lease_expiries.clone(),
+        );
+        let job_latency_seconds = Histogram::new([
+            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+        ]);
+        registry.register(
+            "job_latency_seconds",
+            "Time from enqueue to outcome (succeeded, failed or dead)",
+            job_latency_seconds.clone(),
+        );
+        let queue_jobs = Family::<QueueStateLabels, Gauge>::default();
+        registry.register("queue_jobs", "Jobs per queue and state", queue_jobs.clone());
         Metrics {
             registry,
+            job_attempts,
+            lease_expiries,
+            job_latency_seconds,
+            queue_jobs,
             connections,
             events_published,
             events_delivered,

@@ -160,6 +160,7 @@ pub async fn run(
     let background = vec![
         tokio::spawn(stalls.run()),
         tokio::spawn(retention_loop(state.clone())),
+        tokio::spawn(lease_expiry_loop(state.clone())),
     ];
 
     let server = build_http_server(&config, listener, web::Data::new(state))?;
@@ -247,6 +248,37 @@ async fn reload_on_sighup(certs: Arc<tls::CertStore>) {
             Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate"),
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: certificate reload failed; keeping the current one")
+            }
+        }
+    }
+}
+
+/// Returns jobs whose lease expired (with backoff) or dead-letters them, every second.
+async fn lease_expiry_loop(state: AppState) {
+    use crate::store::job_ops::{Backoff, JobOp, JobReply};
+    let backoff = Backoff {
+        base_ms: state.config.jobs.backoff_base_ms,
+        max_ms: state.config.jobs.backoff_max_ms,
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        loop {
+            match state.log.job(JobOp::ExpireLeases { backoff }).await {
+                Ok(JobReply::Expired { returned, dead }) => {
+                    if returned + dead > 0 {
+                        tracing::info!(returned, dead, "job leases expired");
+                    }
+                    if returned + dead < 1000 {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "lease expiry failed");
+                    break;
+                }
             }
         }
     }

@@ -42,29 +42,9 @@ fn open(path: &Path, cfg: &StorageConfig) -> EventLog {
 
 fn open_with_metrics(path: &Path, cfg: &StorageConfig) -> (EventLog, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let log = retry_locked(|| EventLog::open(path, cfg, Hub::new(), metrics.clone()))
+    let log = EventLog::open(path, cfg, Hub::new(), metrics.clone())
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     (log, metrics)
-}
-
-/// sled 0.34 releases its file lock asynchronously after the last handle is dropped
-/// (spacejam/sled#1234), so reopening a path in the same process right after a close
-/// can fail for a moment with "could not acquire lock". Retries that error only, for a
-/// bounded time. (`EventLog::open` itself does not retry; see the report and
-/// `reopening_at_once_after_close_succeeds`.)
-fn retry_locked<T, E: std::fmt::Display>(mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match f() {
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return r,
-        }
-    }
 }
 
 fn ev(topic: &str, kind: &str, data: Value) -> NewEvent {
@@ -436,10 +416,6 @@ async fn reopen_after_a_plain_drop() {
 /// right after closing it. `close()` has returned and the `EventLog` is dropped, so the
 /// open should succeed at once.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: EventLog::open (src/store/log.rs) fails with a transient sled \
-            'could not acquire lock' (WouldBlock) right after the previous EventLog on the \
-            path was closed and dropped; sled 0.34 releases its flock asynchronously \
-            (spacejam/sled#1234) and open does not retry; see report"]
 async fn reopening_at_once_after_close_succeeds() {
     // other logs busy in the same process meanwhile, as in a test suite
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1248,8 +1224,7 @@ fn write_schema_marker(path: &Path, version: u32) {
 }
 
 fn expect_newer_schema(path: &Path, found_want: u32) {
-    match retry_locked(|| EventLog::open(path, &storage(16), Hub::new(), Arc::new(Metrics::new())))
-    {
+    match EventLog::open(path, &storage(16), Hub::new(), Arc::new(Metrics::new())) {
         Err(StoreError::NewerSchema { found, supported }) => {
             assert_eq!(found, found_want);
             assert_eq!(supported, SCHEMA_VERSION);
@@ -1370,4 +1345,22 @@ async fn group_commit_shares_flushes_between_concurrent_publishers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn flush_every_write_shares_flushes_between_concurrent_publishers() {
     concurrent_publishers(Durability::FlushEveryWrite, 2).await;
+}
+
+/// sled 0.34 releases its file lock in the background after the last handle is dropped
+/// (spacejam/sled#1234): raw `sled::open` right after a close in this process may need a
+/// moment. (`EventLog::open` waits for it itself; `reopening_at_once_after_close_succeeds`.)
+fn retry_locked<T, E: std::fmt::Display>(mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match f() {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }

@@ -3,6 +3,7 @@
 mod auth;
 mod body;
 pub mod guard;
+mod jobs;
 mod ops;
 mod params;
 mod poll;
@@ -18,6 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     publish::configure(cfg);
     sse::configure(cfg);
     poll::configure(cfg);
+    jobs::configure(cfg);
     cfg.default_service(web::to(not_found));
 }
 

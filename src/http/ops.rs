@@ -41,6 +41,21 @@ async fn metrics(st: web::Data<AppState>) -> HttpResponse {
         .await
         .unwrap_or(0);
     st.metrics.storage_bytes.set(size as i64);
+    if let Ok(queues) = st.log.queues().await {
+        use crate::metrics::QueueStateLabels;
+        use crate::store::jobs::JobState;
+        for (queue, counts) in queues {
+            for (state, n) in JobState::ALL.iter().zip(counts.as_array()) {
+                st.metrics
+                    .queue_jobs
+                    .get_or_create(&QueueStateLabels {
+                        queue: queue.clone(),
+                        state: state.as_str(),
+                    })
+                    .set(n as i64);
+            }
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .insert_header(("Cache-Control", "no-store"))

@@ -10,6 +10,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+use super::job_ops::{JobOp, JobReply};
+use super::jobs::{self, JobRecord, QueueCounts};
 use super::meta::{self, TopicMeta};
 use super::record::{decode_head, decode_record, EncodedEvent};
 use super::retention::{RetentionPolicy, RetentionReport};
@@ -69,6 +71,25 @@ pub(super) struct Shared {
     pub flag_threshold: u64,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    /// Workers waiting to lease, per queue.
+    pub job_waiters: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+impl Shared {
+    pub fn queue_notify(&self, queue: &str) -> Arc<tokio::sync::Notify> {
+        match self.job_waiters.lock() {
+            Ok(mut m) => m.entry(queue.to_string()).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    pub fn wake_queue(&self, queue: &str) {
+        if let Ok(m) = self.job_waiters.lock() {
+            if let Some(n) = m.get(queue) {
+                n.notify_waiters();
+            }
+        }
+    }
 }
 
 /// The most recent events, encoded, in seq order: every retained event with a seq
@@ -107,12 +128,7 @@ impl EventLog {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<EventLog, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(config.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        let db = open_db(path, config)?;
         let tree = db.open_tree("log")?;
         let epoch = match tree.get(keys::meta(meta::SCHEMA))? {
             Some(v) => {
@@ -154,6 +170,7 @@ impl EventLog {
             flag_threshold: config.retention_max_events_per_topic,
             hub,
             metrics,
+            job_waiters: Mutex::new(std::collections::HashMap::new()),
         });
         let (tx, rx) = mpsc::channel();
         let thread = writer::spawn(shared.clone(), rx, next_seq, config)?;
@@ -218,6 +235,68 @@ impl EventLog {
     /// Writes and flushes a marker: proves the database is open and writable.
     pub async fn probe(&self) -> Result<(), StoreError> {
         self.send(|reply| WriteCmd::Probe { reply }).await
+    }
+
+    /// Runs one job operation on the writer; resolves once it is durable.
+    pub async fn job(&self, op: JobOp) -> Result<JobReply, StoreError> {
+        self.send(|reply| WriteCmd::Job { op, reply }).await
+    }
+
+    /// Woken when the queue gets jobs to lease.
+    pub fn queue_notify(&self, queue: &str) -> Arc<tokio::sync::Notify> {
+        self.shared.queue_notify(queue)
+    }
+
+    pub async fn get_job(&self, seq: u64) -> Result<Option<JobRecord>, StoreError> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            Ok(match shared.tree.get(jobs::job_key(seq))? {
+                Some(v) => serde_json::from_slice(&v).ok(),
+                None => None,
+            })
+        })
+        .await
+    }
+
+    /// Every queue with its counts per state.
+    pub async fn queues(&self) -> Result<Vec<(String, QueueCounts)>, StoreError> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for kv in shared.tree.scan_prefix([jobs::COUNTS]) {
+                let (k, v) = kv?;
+                out.push((
+                    String::from_utf8_lossy(&k[1..]).into_owned(),
+                    QueueCounts::decode(&v),
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Dead letters of a queue, oldest first.
+    pub async fn dead_letters(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let shared = self.shared.clone();
+        let prefix = jobs::dead_prefix(queue);
+        blocking(move || {
+            let mut out = Vec::new();
+            for kv in shared.tree.scan_prefix(prefix).take(limit) {
+                let (k, _) = kv?;
+                let seq = keys::be_u64(&k[k.len() - 8..]);
+                if let Some(v) = shared.tree.get(jobs::job_key(seq))? {
+                    if let Ok(job) = serde_json::from_slice(&v) {
+                        out.push(job);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Stops the writer after the commands already queued, and flushes.
@@ -383,6 +462,29 @@ impl Drop for EventLog {
             let _ = t.join();
         }
         let _ = self.shared.db.flush();
+    }
+}
+
+/// Opens sled, waiting a little for the file lock: sled releases it in the background
+/// after the previous handle in this process is dropped (a restart in place).
+fn open_db(path: &Path, config: &StorageConfig) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(1000))
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Durable storage on sled: the event log (and, later, the job queues) in one tree.
 
+pub mod job_ops;
+pub mod jobs;
 mod keys;
 mod log;
 mod meta;
@@ -26,6 +28,8 @@ pub enum StoreError {
         "the database was written by a newer surepush (schema {found}, this build reads up to {supported}); upgrade surepush or restore a backup"
     )]
     NewerSchema { found: u32, supported: u32 },
+    #[error(transparent)]
+    Job(#[from] jobs::JobError),
     #[error("a storage task failed: {0}")]
     Task(String),
 }

@@ -3,7 +3,7 @@
 //! sled batch, flushes once, and only then makes them visible: recent-events ring,
 //! head, replies, hub wake-ups. Concurrent publishes therefore share one fsync.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::job_ops::{JobOp, JobReply};
 use super::log::{NewEvent, Shared};
 use super::meta::{self, TopicMeta};
 use super::record::{decode_record, encode_record, event_json};
@@ -22,7 +23,7 @@ use crate::model::{EventId, Topic};
 /// Upper bound on the events one commit group takes, so one flush stays short.
 const MAX_GROUP_EVENTS: usize = 50_000;
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(super) enum WriteCmd {
     Publish {
@@ -37,10 +38,14 @@ pub(super) enum WriteCmd {
     Probe {
         reply: Reply<()>,
     },
+    Job {
+        op: JobOp,
+        reply: Reply<JobReply>,
+    },
 }
 
-struct Writer {
-    shared: Arc<Shared>,
+pub(super) struct Writer {
+    pub shared: Arc<Shared>,
     next_seq: u64,
     last_time_ms: u64,
     max_per_topic: u64,
@@ -116,20 +121,71 @@ fn events_in(cmd: &WriteCmd) -> usize {
     }
 }
 
+/// One commit group's work: what becomes visible, and who is answered, once flushed.
+#[derive(Default)]
+pub(super) struct Commit {
+    records: Vec<(u64, Vec<u8>)>,
+    topics: HashMap<Topic, TopicMeta>,
+    /// Queues that got jobs to lease: their waiting workers are woken.
+    pub queues: HashSet<String>,
+    replies: Vec<PendingReply>,
+}
+
+/// Answers a caller once the group's flush succeeded (None) or failed (Some(error)).
+type PendingReply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// A batch with the events it adds and the topic metadata they move.
+#[derive(Default)]
+pub(super) struct EventBatch {
+    pub batch: sled::Batch,
+    pub metas: HashMap<Topic, TopicMeta>,
+    pub records: Vec<(u64, Vec<u8>)>,
+}
+
+impl Commit {
+    /// Answers `reply` with `value` once the group is durable (or with the flush error).
+    pub fn reply_after_flush<T: Send + 'static>(&mut self, reply: Reply<T>, value: T) {
+        self.replies.push(Box::new(move |err: Option<&str>| {
+            let _ = reply.send(match err {
+                None => Ok(value),
+                Some(e) => Err(StoreError::Task(format!("storage write failed: {e}"))),
+            });
+        }));
+    }
+}
+
 impl Writer {
     fn run_group(&mut self, group: Vec<WriteCmd>) {
         let mut publishes = Vec::new();
         let mut others = Vec::new();
+        let mut commit = Commit::default();
         for cmd in group {
             match cmd {
                 WriteCmd::Publish { events, reply } => publishes.push((events, reply)),
                 other => others.push(other),
             }
         }
+        // Publishes share one batch; each job operation is its own batch after them, so
+        // it reads what came before. One flush makes the whole group durable.
         if !publishes.is_empty() {
-            self.publish_group(publishes);
+            self.stage_publishes(publishes, &mut commit);
         }
+        let mut rest = Vec::new();
         for cmd in others {
+            match cmd {
+                WriteCmd::Job { op, reply } => match self.run_job(op, &mut commit) {
+                    Ok(value) => commit.reply_after_flush(reply, value),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                other => rest.push(other),
+            }
+        }
+        if !commit.replies.is_empty() {
+            self.finish(commit);
+        }
+        for cmd in rest {
             match cmd {
                 WriteCmd::Retain {
                     policy,
@@ -149,86 +205,138 @@ impl Writer {
                         .map_err(StoreError::from);
                     let _ = reply.send(r);
                 }
-                WriteCmd::Publish { .. } => {}
+                WriteCmd::Publish { .. } | WriteCmd::Job { .. } => {}
             }
         }
     }
 
-    fn publish_group(&mut self, publishes: Vec<(Vec<NewEvent>, Reply<Vec<EventId>>)>) {
-        let shared = self.shared.clone();
+    /// Wall clock, but never backwards, so event times follow id order.
+    pub(super) fn now(&mut self) -> u64 {
+        self.last_time_ms = now_ms().max(self.last_time_ms);
+        self.last_time_ms
+    }
+
+    /// Adds one event to the batch and returns its id. Topic metadata is read through
+    /// `eb.metas` (from the tree on first use); `seal` writes it into the batch.
+    pub(super) fn stage_event(
+        &mut self,
+        eb: &mut EventBatch,
+        topic: &Topic,
+        kind: &str,
+        data_json: &str,
+        time_ms: u64,
+    ) -> EventId {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let id = EventId {
+            seq,
+            epoch: self.shared.epoch,
+        };
+        let json = event_json(id, topic.as_str(), kind, data_json, time_ms);
+        let rec = encode_record(time_ms, topic.as_str(), kind, &json);
+        eb.batch.insert(&keys::event(seq), rec.as_slice());
+        eb.batch.insert(keys::index(topic.as_str(), seq), &[]);
+        let m = eb.metas.entry(topic.clone()).or_insert_with(|| {
+            TopicMeta::load(&self.shared.tree, topic.as_str()).unwrap_or_default()
+        });
+        m.count += 1;
+        m.last_seq = seq;
+        m.last_time_ms = time_ms;
+        eb.records.push((seq, rec));
+        id
+    }
+
+    /// Writes staged topic metadata and the seq counter into `batch`.
+    pub(super) fn seal(&self, eb: &mut EventBatch) {
+        for (topic, m) in &eb.metas {
+            eb.batch.insert(keys::topic(topic.as_str()), &m.encode());
+        }
+        eb.batch
+            .insert(keys::meta(meta::NEXT_SEQ), &self.next_seq.to_be_bytes());
+    }
+
+    /// Applies the batch; its events become part of the commit.
+    pub(super) fn apply(&self, eb: EventBatch, commit: &mut Commit) -> Result<(), StoreError> {
+        self.shared.tree.apply_batch(eb.batch)?;
+        commit.records.extend(eb.records);
+        commit.topics.extend(eb.metas);
+        Ok(())
+    }
+
+    fn stage_publishes(
+        &mut self,
+        publishes: Vec<(Vec<NewEvent>, Reply<Vec<EventId>>)>,
+        commit: &mut Commit,
+    ) {
+        let time_ms = self.now();
         let first_seq = self.next_seq;
-        // Wall clock, but never backwards, so event times follow id order.
-        let time_ms = now_ms().max(self.last_time_ms);
-        let mut batch = sled::Batch::default();
-        let mut metas: HashMap<Topic, TopicMeta> = HashMap::new();
-        let mut records = Vec::new();
+        let mut eb = EventBatch::default();
         let mut ids_per_request = Vec::with_capacity(publishes.len());
-        let mut seq = first_seq;
         for (events, _) in &publishes {
-            let mut ids = Vec::with_capacity(events.len());
-            for ev in events {
-                let id = EventId {
-                    seq,
-                    epoch: shared.epoch,
-                };
-                let json = event_json(id, ev.topic.as_str(), &ev.kind, &ev.data_json, time_ms);
-                let rec = encode_record(time_ms, ev.topic.as_str(), &ev.kind, &json);
-                batch.insert(&keys::event(seq), rec.as_slice());
-                batch.insert(keys::index(ev.topic.as_str(), seq), &[]);
-                if !metas.contains_key(&ev.topic) {
-                    let m = TopicMeta::load(&shared.tree, ev.topic.as_str()).unwrap_or_default();
-                    metas.insert(ev.topic.clone(), m);
-                }
-                if let Some(m) = metas.get_mut(&ev.topic) {
-                    m.count += 1;
-                    m.last_seq = seq;
-                    m.last_time_ms = time_ms;
-                }
-                records.push((seq, rec));
-                ids.push(id);
-                seq += 1;
-            }
+            let ids: Vec<EventId> = events
+                .iter()
+                .map(|ev| self.stage_event(&mut eb, &ev.topic, &ev.kind, &ev.data_json, time_ms))
+                .collect();
             ids_per_request.push(ids);
         }
-        for (topic, m) in &metas {
-            batch.insert(keys::topic(topic.as_str()), &m.encode());
-        }
-        batch.insert(keys::meta(meta::NEXT_SEQ), &seq.to_be_bytes());
-
-        let written = shared.tree.apply_batch(batch);
-        if let Err(e) = written {
+        self.seal(&mut eb);
+        let n = eb.records.len() as u64;
+        if let Err(e) = self.apply(eb, commit) {
             // Nothing of the batch was applied: the seqs can be reused.
+            self.next_seq = first_seq;
             tracing::error!(error = %e, "publish failed: cannot write to the database");
-            fail_all(publishes, &e.to_string(), &shared);
+            self.shared
+                .metrics
+                .publish_errors
+                .inc_by(publishes.len() as u64);
+            for (_, reply) in publishes {
+                let _ = reply.send(Err(StoreError::Task(format!("storage write failed: {e}"))));
+            }
             return;
         }
-        self.next_seq = seq;
-        self.last_time_ms = time_ms;
-        if let Err(e) = shared.db.flush() {
-            tracing::error!(error = %e, "publish failed: cannot flush the database to disk");
-            fail_all(publishes, &e.to_string(), &shared);
-            return;
+        self.shared.metrics.events_published.inc_by(n);
+        for ((_, reply), ids) in publishes.into_iter().zip(ids_per_request) {
+            commit.reply_after_flush(reply, ids);
         }
-        let n = (seq - first_seq) as usize;
-        shared.metrics.commit_group_events.observe(n as f64);
-        shared.metrics.events_published.inc_by(n as u64);
+    }
 
-        // Durable: now visible, in order: ring, head, replies, wake-ups.
+    /// Flushes the group, then makes it visible in order: ring, head, replies, wake-ups.
+    fn finish(&mut self, commit: Commit) {
+        let shared = self.shared.clone();
+        if let Err(e) = shared.db.flush() {
+            tracing::error!(error = %e, "cannot flush the database to disk");
+            shared.metrics.publish_errors.inc();
+            let msg = e.to_string();
+            for reply in commit.replies {
+                reply(Some(&msg));
+            }
+            return;
+        }
+        shared
+            .metrics
+            .commit_group_events
+            .observe(commit.records.len().max(1) as f64);
         if let Ok(mut recent) = shared.recent.write() {
-            for (s, rec) in &records {
+            for (s, rec) in &commit.records {
                 match decode_record(*s, shared.epoch, rec) {
                     Ok(ev) => recent.push(Arc::new(ev)),
                     Err(e) => tracing::error!(error = %e, "cannot encode a fresh event"),
                 }
             }
         }
-        shared.head.store(seq - 1, Ordering::Release);
-        for ((_, reply), ids) in publishes.into_iter().zip(ids_per_request) {
-            let _ = reply.send(Ok(ids));
+        shared
+            .head
+            .store(self.next_seq.saturating_sub(1), Ordering::Release);
+        for reply in commit.replies {
+            reply(None);
         }
-        shared.hub.notify(metas.keys());
+        shared.hub.notify(commit.topics.keys());
+        for q in &commit.queues {
+            shared.wake_queue(q);
+        }
         if self.max_per_topic > 0 {
-            let over: Vec<String> = metas
+            let over: Vec<String> = commit
+                .topics
                 .iter()
                 .filter(|(_, m)| m.count > self.max_per_topic)
                 .map(|(t, _)| t.to_string())
@@ -239,14 +347,5 @@ impl Writer {
                 }
             }
         }
-    }
-}
-
-fn fail_all(publishes: Vec<(Vec<NewEvent>, Reply<Vec<EventId>>)>, message: &str, shared: &Shared) {
-    shared.metrics.publish_errors.inc_by(publishes.len() as u64);
-    for (_, reply) in publishes {
-        let _ = reply.send(Err(StoreError::Task(format!(
-            "storage write failed: {message}"
-        ))));
     }
 }
