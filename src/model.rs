@@ -24,6 +24,8 @@ pub enum ModelError {
     BadWildcard(String),
     #[error("event type must be 1-{MAX_TYPE_LEN} bytes of A-Z a-z 0-9 _ . ~ - : / (got {0:?})")]
     BadType(String),
+    #[error("event type {0:?} is reserved: surepush.* types are the server's own control events")]
+    ReservedType(String),
     #[error(
         "{0:?} is not an event id issued by this server (expected SEQ-EPOCH, e.g. \"42-1a2b3c4d\")"
     )]
@@ -184,6 +186,9 @@ pub fn any_match(patterns: &[Pattern], topic: &str) -> bool {
 }
 
 pub fn validate_type(t: &str) -> Result<(), ModelError> {
+    if t.starts_with("surepush.") {
+        return Err(ModelError::ReservedType(t.to_string()));
+    }
     let ok = !t.is_empty()
         && t.len() <= MAX_TYPE_LEN
         && t.chars()
@@ -380,6 +385,11 @@ mod tests {
         assert!(validate_type("").is_err());
         assert!(validate_type("a\nb").is_err());
         assert!(validate_type(&"a".repeat(129)).is_err());
+        assert!(matches!(
+            validate_type("surepush.ping"),
+            Err(ModelError::ReservedType(_))
+        ));
+        assert!(validate_type("surepushx").is_ok());
     }
 
     /// Property tests (fuzzing where a fuzzer does not fit the stable toolchain):

@@ -20,6 +20,19 @@ fi
 if ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add clippy || fail "clippy is missing and could not be installed"
 fi
+# tests/browser.rs drives Debian's Chromium through chromedriver (WebDriver).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "installing chromium and chromium-driver"
+    apt-get update || fail "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver \
+      || fail "could not install chromium and chromium-driver"
+  elif [ "${CI:-}" = true ]; then
+    fail "chromium and chromium-driver are missing and cannot be installed here (needs root and apt-get)"
+  else
+    echo "tests/run.sh: chromium/chromedriver missing and not installable here: browser tests will be skipped" >&2
+  fi
+fi
 
 # --- checks ------------------------------------------------------------------------
 say "cargo fmt --check"

@@ -1,5 +1,6 @@
 //! HTTP handlers. Each module registers its routes; handlers stay thin.
 
+mod assets;
 mod auth;
 mod body;
 pub mod guard;
@@ -20,6 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     sse::configure(cfg);
     poll::configure(cfg);
     jobs::configure(cfg);
+    assets::configure(cfg);
     cfg.default_service(web::to(not_found));
 }
 

@@ -12,6 +12,9 @@ pub enum SseMode {
     Close,
 }
 
+/// A `timeout` above this is a client bug, answered 400.
+const ABSURD_TIMEOUT_SECS: u64 = 3600;
+
 #[derive(Debug)]
 pub struct SubscribeParams {
     pub patterns: Vec<Pattern>,
@@ -22,6 +25,9 @@ pub struct SubscribeParams {
     pub mode: Option<SseMode>,
     /// Why the client fell back to this transport (reported by surepush.js).
     pub fallback: Option<String>,
+    /// SSE: send events without their `event:` line, so EventSource hands every type
+    /// to `onmessage` (the type is in the JSON).
+    pub untyped: bool,
 }
 
 /// Parses `topic` (repeatable), `since` / `lastEventId` / `Last-Event-ID`, `timeout`,
@@ -34,6 +40,7 @@ pub fn parse(req: &HttpRequest, cfg: &PushConfig) -> Result<SubscribeParams, Api
     let mut limit = None;
     let mut mode = None;
     let mut fallback = None;
+    let mut untyped = false;
     for (k, v) in form_urlencoded::parse(req.query_string().as_bytes()) {
         match k.as_ref() {
             "topic" => {
@@ -60,16 +67,18 @@ pub fn parse(req: &HttpRequest, cfg: &PushConfig) -> Result<SubscribeParams, Api
                         format!("timeout must be a whole number of seconds, got {v:?}"),
                     )
                 })?;
-                if t > cfg.poll_timeout_max_secs {
+                if t > ABSURD_TIMEOUT_SECS {
                     return Err(ApiError::bad_request(
                         "invalid_timeout",
                         format!(
-                            "timeout {t} exceeds the maximum of {} seconds",
+                            "timeout {t} is over an hour; the server waits at most {} seconds",
                             cfg.poll_timeout_max_secs
                         ),
                     ));
                 }
-                timeout = Some(t);
+                // Within reason, a longer wait than configured is shortened, not refused:
+                // clients keep working when an operator lowers the maximum.
+                timeout = Some(t.min(cfg.poll_timeout_max_secs));
             }
             "limit" => {
                 let n: usize = v.parse().map_err(|_| {
@@ -98,6 +107,7 @@ pub fn parse(req: &HttpRequest, cfg: &PushConfig) -> Result<SubscribeParams, Api
                     }
                 })
             }
+            "untyped" => untyped = matches!(v.as_ref(), "1" | "true"),
             "fallback" => {
                 let reason: String = v
                     .chars()
@@ -140,6 +150,7 @@ pub fn parse(req: &HttpRequest, cfg: &PushConfig) -> Result<SubscribeParams, Api
         limit: limit.unwrap_or(cfg.poll_limit_default),
         mode,
         fallback,
+        untyped,
     })
 }
 

@@ -44,6 +44,7 @@ struct SseState {
     batch_window: Duration,
     done: bool,
     transport: &'static str,
+    untyped: bool,
     stall: StallGuard,
     _conn: ConnectionGuard,
 }
@@ -109,6 +110,7 @@ async fn stream(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
         "last_id": st.log.id(resume.cursor).to_string(),
         "reset": resume.reset,
         "heartbeat_secs": cfg.heartbeat_secs,
+        "retry_ms": retry,
     });
     head.push_str(&format!("event: surepush.hello\ndata: {hello}\n\n"));
     out.push_back(Bytes::from(head));
@@ -131,6 +133,7 @@ async fn stream(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
         batch_window: Duration::from_millis(cfg.batch_window_ms),
         done: false,
         transport,
+        untyped: p.untyped,
         stall: st.stalls.register(fd, stall_after),
         _conn: ConnectionGuard::new(&st.metrics, transport, http),
         st,
@@ -179,7 +182,15 @@ async fn next_chunk(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseSt
                 s.cursor = batch.scanned_to;
                 let n = batch.events.len();
                 if n > 0 {
-                    s.out.extend(batch.events.iter().map(|e| e.sse.clone()));
+                    if s.untyped {
+                        for e in &batch.events {
+                            let (id, data) = e.untyped_parts();
+                            s.out.push_back(id);
+                            s.out.push_back(data);
+                        }
+                    } else {
+                        s.out.extend(batch.events.iter().map(|e| e.sse.clone()));
+                    }
                     s.st.metrics.delivered(s.transport, n);
                     if s.mode == SseMode::Close && s.cursor >= s.st.log.head() {
                         s.done = true;

@@ -28,6 +28,17 @@ pub struct EncodedEvent {
 }
 
 impl EncodedEvent {
+    /// The frame without its `event:` line (`id:` line, then `data:` line), as two
+    /// slices of the same bytes: for clients that take every event on `message`.
+    pub fn untyped_parts(&self) -> (Bytes, Bytes) {
+        let id_end = self.sse[..self.json_start]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let data_start = self.json_start - b"data: ".len();
+        (self.sse.slice(..id_end), self.sse.slice(data_start..))
+    }
+
     /// The event as JSON: `{"id", "topic", "type", "data", "time"}`.
     pub fn json(&self) -> Bytes {
         self.sse.slice(self.json_start..self.json_end)
@@ -179,6 +190,9 @@ mod tests {
                 "id: 5-00000001\nevent: job.completed\ndata: {json}\n\n"
             ))
         );
+        let (id, data) = ev.untyped_parts();
+        assert_eq!(id, Bytes::from_static(b"id: 5-00000001\n"));
+        assert_eq!(data, Bytes::from(format!("data: {json}\n\n")));
         assert!(decode_head(&rec[..5]).is_err());
         assert!(decode_head(&[]).is_err());
         assert!(decode_head(&[9, 0, 0]).is_err());

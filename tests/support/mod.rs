@@ -2,6 +2,7 @@
 //! Shared test harness: the real server in-process (or as a child process), real
 //! TLS clients, SSE parsing, and the hostile proxy.
 
+pub mod browser;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
