@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
         Command::Token(a) => cli::token::run(a),
         Command::Publish(a) => cli::publish::run(a).await,
         Command::Tail(a) => cli::tail::run(a).await,
+        Command::Worker(a) => cli::worker::run(a).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -49,6 +49,11 @@ pub enum Command {
         after_help = "Examples:\n  surepush tail https://127.0.0.1:8443 'users/**' --insecure\n  surepush tail https://127.0.0.1:8443 users/42 --transport longpoll --since 0 --count 10 --insecure"
     )]
     Tail(TailArgs),
+    /// Run a command for each job of a queue: payload on stdin, stdout as the result.
+    #[command(
+        after_help = "The command runs without a shell, once per job, with the job's payload (JSON) on stdin and\nSUREPUSH_JOB_ID, SUREPUSH_QUEUE and SUREPUSH_ATTEMPT set. Exit 0 completes the job with stdout\n(JSON if it parses, else a string); any other exit fails it with the exit code and the end of\nstderr, to be retried. SIGTERM/SIGINT: finish running jobs, then exit; twice: kill them.\n\nExamples:\n  surepush worker https://127.0.0.1:8443 --queue reports --insecure -- ./make-report.sh\n  SUREPUSH_TOKEN=\"$JWT\" surepush worker https://push.example --queue thumbs --concurrency 4 -- convert-job --size 256"
+    )]
+    Worker(WorkerArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -168,4 +173,33 @@ pub struct TokenArgs {
     /// Lifetime, e.g. 15m, 1h, 30d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// Server base URL, e.g. https://127.0.0.1:8443
+    pub url: String,
+    /// Queue to take jobs from.
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub queue: String,
+    /// Jobs run at the same time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// Lease length in seconds; a running job's lease is renewed every third of it.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_secs: u64,
+    /// How long one lease request waits for jobs when the queue is empty (long polling).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60))]
+    pub wait_secs: u64,
+    /// Worker name the server records (default: hostname-pid).
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub name: Option<String>,
+    /// Exit after this many jobs were run and reported.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_jobs: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The command to run for each job, and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }

@@ -7,6 +7,7 @@ pub mod publish;
 pub mod serve;
 pub mod tail;
 pub mod token;
+pub mod worker;
 
 pub use args::{Cli, Command};
 
