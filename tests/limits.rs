@@ -400,3 +400,62 @@ async fn tls_versions_and_reload_on_sighup_keep_open_streams() {
         .unwrap();
     assert_eq!(still, fresh);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_connections_are_closed() {
+    let s = TestServer::start_with(|c| {
+        c.insecure_http = true;
+        c.limits.keep_alive_secs = 1;
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // idle after the response: closed by the server after about keep_alive_secs
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "connection not closed: {r:?}"
+    );
+    let t = started.elapsed();
+    eprintln!("idle keep-alive connection closed after {t:?}");
+    assert!(t < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn total_connection_cap_queues_the_excess_without_failing_it() {
+    // 2 worker threads x 5 = 10 connections at once; 30 long polls of 2 s must take
+    // at least three waves, and all of them are eventually served.
+    let s = TestServer::start_with(|c| {
+        c.limits.max_connections = 10;
+        c.limits.tls_handshake_timeout_ms = 30_000;
+        c.limits.header_timeout_ms = 30_000;
+    })
+    .await;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cap = 10usize.div_ceil(workers) * workers;
+    let n = cap * 3;
+    let started = Instant::now();
+    let c = client_h1();
+    let polls: Vec<_> = (0..n)
+        .map(|_| {
+            let c = c.clone();
+            let url = s.url("/v1/poll?topic=total&timeout=2");
+            tokio::spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    for p in polls {
+        assert_eq!(p.await.unwrap().expect("served"), 200);
+    }
+    let t = started.elapsed();
+    eprintln!("{n} long polls of 2 s through a cap of {cap} connections took {t:?}");
+    assert!(
+        t >= Duration::from_millis(5500),
+        "more than {cap} were served at once ({t:?})"
+    );
+}
