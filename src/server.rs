@@ -100,6 +100,9 @@ fn on_connect(
             conn.downcast_ref::<actix_web::rt::net::TcpStream>()
         };
         if let Some(tcp) = tcp {
+            // Small writes (events, heartbeats, job answers) go out at once, not after
+            // Nagle's ~40 ms wait for an ACK.
+            let _ = tcp.set_nodelay(true);
             if socket_send_buffer > 0 {
                 let _ = socket2::SockRef::from(tcp).set_send_buffer_size(socket_send_buffer);
             }

@@ -33,6 +33,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/queues/{queue}/dead").route(web::get().to(dead_letters)));
 }
 
+/// The longest a job may be delayed.
+const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// Which claim a request needs on a queue.
 #[derive(Clone, Copy)]
 enum Right {
@@ -204,9 +207,15 @@ async fn enqueue(
                 .map_err(|e| ApiError::unprocessable("invalid_run_at", format!("run_at: {e}")))?;
             Some((at.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
         }
-        (None, Some(d)) => Some(now_ms() + d.saturating_mul(1000)),
+        (None, Some(d)) => Some(now_ms().saturating_add(d.saturating_mul(1000))),
         (None, None) => None,
     };
+    if run_at_ms.is_some_and(|at| at > now_ms().saturating_add(MAX_DELAY_MS)) {
+        return Err(ApiError::unprocessable(
+            "invalid_run_at",
+            "a job may be delayed by at most 365 days",
+        ));
+    }
     let idempotency_key = match req.headers().get("Idempotency-Key") {
         Some(v) => {
             let k = v.to_str().map_err(|_| {
@@ -247,7 +256,7 @@ async fn enqueue(
         })))
 }
 
-/// Loads a job and checks the caller may see it (owner, or a jobs/work claim on its queue).
+/// Loads a job and checks the caller may see it (its owner, or a worker of its queue).
 async fn visible_job(
     req: &HttpRequest,
     st: &AppState,
@@ -265,8 +274,9 @@ async fn visible_job(
         Some(r) => require(&who, &job.queue, r)?,
         None => {
             if let Some(p) = &who {
+                // Its owner and the queue's workers; not every enqueuer of the queue.
                 let mine = job.owner.as_deref() == Some(p.sub.as_str());
-                if !mine && !allowed(&p.jobs, &job.queue) && !allowed(&p.work, &job.queue) {
+                if !mine && !allowed(&p.work, &job.queue) {
                     return Err(AuthError::Forbidden(format!("reading job {raw}")).into());
                 }
             }
