@@ -412,10 +412,7 @@ mod tests {
         use proptest::prelude::*;
 
         fn cases() -> u32 {
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(300)
+            crate::test_support::proptest_cases(300)
         }
 
         proptest! {

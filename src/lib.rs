@@ -16,3 +16,15 @@ pub mod server;
 pub mod stall;
 pub mod store;
 pub mod tls;
+
+/// Shared by the crate's property tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Cases per property: `PROPTEST_CASES` for long runs, else the given CI default.
+    pub fn proptest_cases(default: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+}

@@ -399,10 +399,7 @@ mod tests {
         use proptest::prelude::*;
 
         fn cases() -> u32 {
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3000)
+            crate::test_support::proptest_cases(3000)
         }
 
         fn segment() -> impl Strategy<Value = String> {

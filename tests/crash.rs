@@ -55,27 +55,7 @@ async fn publisher(base: String, p: usize, start_n: u64, acked: Arc<Mutex<Acked>
 }
 
 async fn read_all(base: &str) -> Vec<Value> {
-    let c = client();
-    let mut since = "0".to_string();
-    let mut out = Vec::new();
-    loop {
-        let v: Value = c
-            .get(format!(
-                "{base}/v1/events?topic=crash/**&since={since}&limit=1000"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let events = v["events"].as_array().unwrap();
-        if events.is_empty() {
-            return out;
-        }
-        out.extend(events.iter().cloned());
-        since = v["last_id"].as_str().unwrap().to_string();
-    }
+    read_events(base, "crash/**", "0").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -250,27 +250,11 @@ async fn resume_through_idle_kill_loses_and_duplicates_nothing() {
 }
 
 async fn read_ids(base: &str, topic: &str, since: &str) -> Vec<String> {
-    let c = client();
-    let mut since = since.to_string();
-    let mut out = Vec::new();
-    loop {
-        let v: Value = c
-            .get(format!(
-                "{base}/v1/events?topic={topic}&since={since}&limit=1000"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let events = v["events"].as_array().unwrap();
-        if events.is_empty() {
-            return out;
-        }
-        out.extend(events.iter().map(|e| e["id"].as_str().unwrap().to_string()));
-        since = v["last_id"].as_str().unwrap().to_string();
-    }
+    read_events(base, topic, since)
+        .await
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

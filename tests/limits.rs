@@ -5,7 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -259,52 +259,13 @@ async fn publish_rate_per_token() {
     assert_eq!(publish(a).await.status(), 201, "the bucket refills");
 }
 
-/// Records the certificate the server presents.
-#[derive(Debug, Default)]
-struct Recorder(Mutex<Vec<Vec<u8>>>);
-
-impl rustls::client::danger::ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.0.lock().unwrap().push(end_entity.to_vec());
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Handshakes with the given protocol versions; returns the presented certificate.
 async fn handshake(
     addr: SocketAddr,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<Vec<u8>, String> {
     init();
-    let rec = Arc::new(Recorder::default());
+    let rec = Arc::new(CertRecorder::default());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)

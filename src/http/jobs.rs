@@ -554,10 +554,7 @@ async fn requeue(
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (job, who) = visible_job(&req, &st, &path, Some(Right::Work)).await?;
-    let reply = st.log.job(JobOp::Requeue { seq: job.seq }).await?;
-    tracing::info!(job = %job_id(job.seq), queue = %job.queue, by = who.as_ref().map_or("-", |p| p.sub.as_str()), "requeued a dead job");
-    updated(reply)
+    dead_letter_action(&req, &path, &st, "requeued", |seq| JobOp::Requeue { seq }).await
 }
 
 async fn discard(
@@ -565,9 +562,26 @@ async fn discard(
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (job, who) = visible_job(&req, &st, &path, Some(Right::Work)).await?;
-    let reply = st.log.job(JobOp::Discard { seq: job.seq }).await?;
-    tracing::info!(job = %job_id(job.seq), queue = %job.queue, by = who.as_ref().map_or("-", |p| p.sub.as_str()), "discarded a dead job");
+    dead_letter_action(&req, &path, &st, "discarded", |seq| JobOp::Discard { seq }).await
+}
+
+/// Requeue or discard a dead (or failed) job: a worker's right, audit-logged.
+async fn dead_letter_action(
+    req: &HttpRequest,
+    raw_id: &str,
+    st: &AppState,
+    done: &str,
+    op: impl FnOnce(u64) -> JobOp,
+) -> Result<HttpResponse, ApiError> {
+    let (job, who) = visible_job(req, st, raw_id, Some(Right::Work)).await?;
+    let reply = st.log.job(op(job.seq)).await?;
+    tracing::info!(
+        job = %job_id(job.seq),
+        queue = %job.queue,
+        by = who.as_ref().map_or("-", |p| p.sub.as_str()),
+        "{done} a {} job",
+        job.state.as_str()
+    );
     updated(reply)
 }
 

@@ -200,10 +200,7 @@ mod tests {
         use proptest::prelude::*;
 
         fn cases() -> u32 {
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3000)
+            crate::test_support::proptest_cases(3000)
         }
 
         proptest! {

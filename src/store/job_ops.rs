@@ -133,6 +133,18 @@ fn check_holder(job: &JobRecord, holder: &Holder) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Only jobs that were given up on (dead or failed) may be requeued or discarded.
+fn require_given_up(job: &JobRecord, action: &str) -> Result<(), StoreError> {
+    if matches!(job.state, JobState::Dead | JobState::Failed) {
+        return Ok(());
+    }
+    Err(conflict(format!(
+        "job {} is {}; only dead or failed jobs can be {action}",
+        job_id(job.seq),
+        job.state.as_str()
+    )))
+}
+
 /// One job operation's batch, with the queue counters it moves.
 struct JobBatch {
     ev: EventBatch,
@@ -367,13 +379,7 @@ impl Writer {
             }
             JobOp::Requeue { seq } => {
                 let mut job = load(&tree, seq)?;
-                if !matches!(job.state, JobState::Dead | JobState::Failed) {
-                    return Err(conflict(format!(
-                        "job {} is {}; only dead or failed jobs can be requeued",
-                        job_id(seq),
-                        job.state.as_str()
-                    )));
-                }
+                require_given_up(&job, "requeued")?;
                 jb.ev.batch.remove(dead_key(&job.queue, seq));
                 jb.moved(&tree, &job.queue, Some(job.state), Some(JobState::Queued))?;
                 job.state = JobState::Queued;
@@ -390,13 +396,7 @@ impl Writer {
             }
             JobOp::Discard { seq } => {
                 let job = load(&tree, seq)?;
-                if !matches!(job.state, JobState::Dead | JobState::Failed) {
-                    return Err(conflict(format!(
-                        "job {} is {}; only dead or failed jobs can be discarded",
-                        job_id(seq),
-                        job.state.as_str()
-                    )));
-                }
+                require_given_up(&job, "discarded")?;
                 jb.ev.batch.remove(&job_key(seq));
                 jb.ev.batch.remove(dead_key(&job.queue, seq));
                 if let Some(k) = &job.idempotency_key {

@@ -204,6 +204,31 @@ pub async fn publish_to(base: &str, topic: &str, data: Value) -> String {
     v["ids"][0].as_str().unwrap().to_string()
 }
 
+/// Every retained event of `pattern` after `since`, paging through `/v1/events`.
+pub async fn read_events(base: &str, pattern: &str, since: &str) -> Vec<Value> {
+    let c = client();
+    let mut since = since.to_string();
+    let mut out = Vec::new();
+    loop {
+        let v: Value = c
+            .get(format!(
+                "{base}/v1/events?topic={pattern}&since={since}&limit=1000"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = v["events"].as_array().unwrap();
+        if events.is_empty() {
+            return out;
+        }
+        out.extend(events.iter().cloned());
+        since = v["last_id"].as_str().unwrap().to_string();
+    }
+}
+
 /// Reads SSE events from a response, with per-event timeouts.
 pub struct SseReader {
     inner: std::pin::Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>,
@@ -349,4 +374,44 @@ impl Drop for ChildServer {
 /// Parses the id sequence number (the part before '-').
 pub fn seq_of(id: &str) -> u64 {
     id.split('-').next().unwrap().parse().unwrap()
+}
+
+/// A rustls verifier for tests: accepts any server certificate and records the
+/// end-entity certificates it was shown.
+#[derive(Debug, Default)]
+pub struct CertRecorder(pub std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl rustls::client::danger::ServerCertVerifier for CertRecorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0.lock().unwrap().push(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
