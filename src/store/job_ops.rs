@@ -92,6 +92,17 @@ pub enum JobReply {
     Discarded,
 }
 
+impl JobReply {
+    /// True when the operation changed nothing (so there is nothing to make durable).
+    pub fn is_noop(&self) -> bool {
+        match self {
+            JobReply::Leased { jobs, .. } => jobs.is_empty(),
+            JobReply::Expired { returned, dead } => returned + dead == 0,
+            _ => false,
+        }
+    }
+}
+
 fn load(tree: &sled::Tree, seq: u64) -> Result<JobRecord, StoreError> {
     let v = tree
         .get(job_key(seq))?

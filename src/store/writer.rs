@@ -174,6 +174,11 @@ impl Writer {
         for cmd in others {
             match cmd {
                 WriteCmd::Job { op, reply } => match self.run_job(op, &mut commit) {
+                    // Nothing was written (an empty lease, no expired lease): nothing
+                    // to wait for, and no flush for an idle queue.
+                    Ok(value) if value.is_noop() => {
+                        let _ = reply.send(Ok(value));
+                    }
                     Ok(value) => commit.reply_after_flush(reply, value),
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -312,10 +317,12 @@ impl Writer {
             }
             return;
         }
-        shared
-            .metrics
-            .commit_group_events
-            .observe(commit.records.len().max(1) as f64);
+        if !commit.records.is_empty() {
+            shared
+                .metrics
+                .commit_group_events
+                .observe(commit.records.len() as f64);
+        }
         if let Ok(mut recent) = shared.recent.write() {
             for (s, rec) in &commit.records {
                 match decode_record(*s, shared.epoch, rec) {
