@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::body::read_limited;
 use super::resource;
 use crate::auth::{AuthError, Principal};
+use crate::config::JobsConfig;
 use crate::error::ApiError;
 use crate::model::{Pattern, Topic};
 use crate::server::AppState;
@@ -82,6 +83,29 @@ fn check_queue(q: &str) -> Result<(), ApiError> {
             format!("queue name {q:?}: 1-64 bytes of A-Z a-z 0-9 _ . ~ -"),
         ))
     }
+}
+
+/// The lease length a worker asked for (or the default), within the configured maximum.
+fn lease_ms(requested: Option<u64>, cfg: &JobsConfig) -> Result<u64, ApiError> {
+    let secs = requested.unwrap_or(cfg.lease_secs_default);
+    if secs == 0 || secs > cfg.lease_secs_max {
+        return Err(ApiError::unprocessable(
+            "invalid_lease_secs",
+            format!("lease_secs must be 1..={}", cfg.lease_secs_max),
+        ));
+    }
+    Ok(secs * 1000)
+}
+
+/// Payloads and results share one size limit, as JSON text.
+fn check_size(json: &str, limit: usize, code: &'static str, what: &str) -> Result<(), ApiError> {
+    if json.len() > limit {
+        return Err(ApiError::too_large(
+            code,
+            format!("{what} is {} bytes; the limit is {limit}", json.len()),
+        ));
+    }
+    Ok(())
 }
 
 fn json_error(e: serde_json::Error) -> ApiError {
@@ -162,16 +186,12 @@ async fn enqueue(
     let payload = b
         .payload
         .map_or_else(|| "null".to_string(), |r| minify_json(r.get()));
-    if payload.len() > cfg.max_payload_bytes {
-        return Err(ApiError::too_large(
-            "payload_too_large",
-            format!(
-                "payload is {} bytes; the limit is {}",
-                payload.len(),
-                cfg.max_payload_bytes
-            ),
-        ));
-    }
+    check_size(
+        &payload,
+        cfg.max_payload_bytes,
+        "payload_too_large",
+        "payload",
+    )?;
     let reply_topic = match &b.reply_topic {
         Some(t) => {
             let topic = Topic::parse(t).map_err(|e| {
@@ -334,13 +354,7 @@ async fn lease(
             format!("max must be 1..={}", cfg.max_lease_batch),
         ));
     }
-    let lease_secs = b.lease_secs.unwrap_or(cfg.lease_secs_default);
-    if lease_secs == 0 || lease_secs > cfg.lease_secs_max {
-        return Err(ApiError::unprocessable(
-            "invalid_lease_secs",
-            format!("lease_secs must be 1..={}", cfg.lease_secs_max),
-        ));
-    }
+    let lease_ms = lease_ms(b.lease_secs, cfg)?;
     let wait = b.wait_secs.unwrap_or(0);
     if wait > cfg.wait_secs_max {
         return Err(ApiError::unprocessable(
@@ -362,7 +376,7 @@ async fn lease(
                 queue: queue.clone(),
                 worker: b.worker.clone(),
                 max,
-                lease_ms: lease_secs * 1000,
+                lease_ms,
             })
             .await?;
         let JobReply::Leased { jobs, next_due_ms } = reply else {
@@ -451,14 +465,7 @@ async fn heartbeat(
     let (job, _) = visible_job(&req, &st, &path, Some(Right::Work)).await?;
     let body = holder_body(&req, payload, &st).await?;
     let b = parse_holder(&body)?;
-    let cfg = &st.config.jobs;
-    let lease_secs = b.lease_secs.unwrap_or(cfg.lease_secs_default);
-    if lease_secs == 0 || lease_secs > cfg.lease_secs_max {
-        return Err(ApiError::unprocessable(
-            "invalid_lease_secs",
-            format!("lease_secs must be 1..={}", cfg.lease_secs_max),
-        ));
-    }
+    let lease_ms = lease_ms(b.lease_secs, &st.config.jobs)?;
     let reply = st
         .log
         .job(JobOp::Heartbeat {
@@ -467,7 +474,7 @@ async fn heartbeat(
                 worker: b.worker,
                 attempt: b.attempt,
             },
-            lease_ms: lease_secs * 1000,
+            lease_ms,
         })
         .await?;
     updated(reply)
@@ -485,16 +492,12 @@ async fn complete(
     let result = b
         .result
         .map_or_else(|| "null".to_string(), |r| minify_json(r.get()));
-    if result.len() > st.config.jobs.max_payload_bytes {
-        return Err(ApiError::too_large(
-            "result_too_large",
-            format!(
-                "result is {} bytes; the limit is {}",
-                result.len(),
-                st.config.jobs.max_payload_bytes
-            ),
-        ));
-    }
+    check_size(
+        &result,
+        st.config.jobs.max_payload_bytes,
+        "result_too_large",
+        "result",
+    )?;
     let reply = st
         .log
         .job(JobOp::Complete {
