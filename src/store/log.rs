@@ -477,8 +477,11 @@ fn open_db(path: &Path, config: &StorageConfig) -> Result<sled::Db, StoreError> 
             .flush_every_ms(Some(1000))
             .open();
         match opened {
+            // sled reports the lock as "could not acquire lock on ...: WouldBlock",
+            // wrapped in an io::Error of another kind.
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
+                if (e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock"))
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
