@@ -70,6 +70,20 @@ pub struct Claims {
     pub surepush: Grants,
 }
 
+/// `surepush.admin: true`: operator rights (online backups). Read beside [`Claims`], not
+/// as a [`Grants`] field, so code that builds `Grants` field by field keeps compiling.
+#[derive(Debug, Default, Deserialize)]
+struct AdminClaim {
+    #[serde(default)]
+    surepush: AdminGrant,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AdminGrant {
+    #[serde(default)]
+    admin: bool,
+}
+
 /// A verified token.
 #[derive(Clone, Debug)]
 pub struct Principal {
@@ -80,6 +94,8 @@ pub struct Principal {
     pub publish: Vec<Pattern>,
     pub jobs: Vec<String>,
     pub work: Vec<String>,
+    /// `surepush.admin`: may take backups.
+    pub admin: bool,
 }
 
 fn parse_patterns(list: &[String], what: &str) -> Result<Vec<Pattern>, AuthError> {
@@ -91,8 +107,20 @@ fn parse_patterns(list: &[String], what: &str) -> Result<Vec<Pattern>, AuthError
 }
 
 impl Principal {
+    fn from_json(v: serde_json::Value) -> Result<Principal, AuthError> {
+        let admin = serde_json::from_value::<AdminClaim>(v.clone())
+            .map_err(|e| AuthError::Invalid(format!("claim surepush.admin: {e}")))?
+            .surepush
+            .admin;
+        let c: Claims = serde_json::from_value(v).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let mut p = Principal::from_claims(c)?;
+        p.admin = admin;
+        Ok(p)
+    }
+
     fn from_claims(c: Claims) -> Result<Principal, AuthError> {
         Ok(Principal {
+            admin: false,
             subscribe: parse_patterns(&c.surepush.subscribe, "subscribe")?,
             publish: parse_patterns(&c.surepush.publish, "publish")?,
             jobs: c.surepush.jobs,
@@ -209,8 +237,8 @@ impl Authenticator {
         validation.set_required_spec_claims(&["exp", "sub"]);
         let mut last = AuthError::Invalid("no verification key is configured".into());
         for key in &self.decoding {
-            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => return Principal::from_claims(data.claims),
+            match jsonwebtoken::decode::<serde_json::Value>(token, key, &validation) {
+                Ok(data) => return Principal::from_json(data.claims),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind;
                     last = match e.kind() {
@@ -231,6 +259,21 @@ impl Authenticator {
 
     /// Signs claims with the configured HS256 secret.
     pub fn mint(&self, claims: &Claims) -> Result<String, KeyError> {
+        self.sign(claims)
+    }
+
+    /// Signs claims with `surepush.admin: true` added.
+    pub fn mint_admin(&self, claims: &Claims) -> Result<String, KeyError> {
+        let mut v = serde_json::to_value(claims).map_err(|e| KeyError::Parse {
+            path: Default::default(),
+            algorithm: "HS256".into(),
+            message: e.to_string(),
+        })?;
+        v["surepush"]["admin"] = serde_json::Value::Bool(true);
+        self.sign(&v)
+    }
+
+    fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyError> {
         let key = self
             .encoding
             .as_ref()
@@ -313,6 +356,23 @@ mod tests {
                 ..Grants::default()
             },
         }
+    }
+
+    #[test]
+    fn admin_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = auth_with(dir.path(), |_| {});
+        let c = claims(&["a"], &[], now_secs() + 60);
+        assert!(!a.verify(&a.mint(&c).unwrap()).unwrap().admin);
+        let p = a.verify(&a.mint_admin(&c).unwrap()).unwrap();
+        assert!(p.admin);
+        assert_eq!(p.subscribe.len(), 1);
+        let mut v = serde_json::to_value(&c).unwrap();
+        v["surepush"]["admin"] = serde_json::json!("yes");
+        assert!(matches!(
+            a.verify(&a.sign(&v).unwrap()),
+            Err(AuthError::Invalid(_))
+        ));
     }
 
     #[test]

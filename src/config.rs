@@ -41,6 +41,37 @@ pub struct Config {
     pub auth: AuthConfig,
     pub cors: CorsConfig,
     pub jobs: JobsConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin web UI under /admin/.
+    pub enabled: bool,
+    /// A session ends after this long without a request.
+    pub session_idle_secs: u64,
+    /// A session ends this long after login, active or not.
+    pub session_max_secs: u64,
+    /// Failed logins (per user name, and per client address) before a lockout.
+    pub lockout_failures: u32,
+    /// How long a lockout lasts; failures older than this are forgotten.
+    pub lockout_secs: u64,
+    /// How often the dashboard's statistics are pushed while someone watches it.
+    pub stats_interval_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            session_idle_secs: 3600,
+            session_max_secs: 12 * 3600,
+            lockout_failures: 5,
+            lockout_secs: 900,
+            stats_interval_ms: 2000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -244,6 +275,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             cors: CorsConfig::default(),
             jobs: JobsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -391,6 +423,13 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let a = &self.admin;
+        if a.session_idle_secs == 0 || a.session_max_secs == 0 || a.lockout_failures == 0 {
+            return bad("admin session lengths and lockout_failures must be at least 1");
+        }
+        if a.stats_interval_ms < 100 {
+            return bad("admin.stats_interval_ms must be at least 100");
+        }
         let p = &self.push;
         if p.heartbeat_secs == 0 {
             return bad("push.heartbeat_secs must be at least 1");

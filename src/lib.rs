@@ -3,6 +3,7 @@
 //! A durable event log (sled) behind an HTTPS endpoint (actix-web + rustls) that
 //! delivers through SSE, SSE close-after-batch, long polling and polling.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod server;
 pub mod stall;
 pub mod store;
+pub mod subscribers;
 pub mod tls;
 
 /// Shared by the crate's property tests.

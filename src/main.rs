@@ -8,10 +8,15 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(a) => cli::serve::run(a).await,
         Command::PrintConfig(a) => cli::serve::print_config(a),
         Command::Init(a) => cli::init::run(a),
+        Command::Admin(a) => cli::admin::run(a),
         Command::Token(a) => cli::token::run(a),
         Command::Publish(a) => cli::publish::run(a).await,
         Command::Tail(a) => cli::tail::run(a).await,
         Command::Worker(a) => cli::worker::run(a).await,
+        Command::Doctor(a) => cli::doctor::run(a).await,
+        Command::Backup(a) => cli::backup::backup(a).await,
+        Command::Restore(a) => cli::backup::restore(a).await,
+        Command::Man(a) => cli::man::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -158,6 +158,12 @@ impl Metrics {
         out
     }
 
+    /// Every sample as (name, labels, value), read back from the rendered text so the
+    /// admin UI shows exactly what Prometheus scrapes.
+    pub fn samples(&self) -> Vec<Sample> {
+        parse_samples(&self.render())
+    }
+
     pub fn delivered(&self, transport: &'static str, n: usize) {
         if n > 0 {
             self.events_delivered
@@ -165,6 +171,76 @@ impl Metrics {
                 .inc_by(n as u64);
         }
     }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses Prometheus/OpenMetrics text lines `name{k="v",...} value`; comments skipped.
+pub fn parse_samples(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (head, value) = match line.rsplit_once(' ') {
+            Some(p) => p,
+            None => continue,
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match head.split_once('{') {
+            Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+            None => (head, Vec::new()),
+        };
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.push((key.trim_start_matches(',').trim().to_string(), value));
+        rest = &after[end..];
+    }
+    out
 }
 
 /// Counts a connection in `surepush_connections` while alive.
@@ -186,5 +262,39 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_read_back_what_is_rendered() {
+        let m = Metrics::new();
+        let _c = ConnectionGuard::new(&m, "sse_stream", "2");
+        m.fallbacks
+            .get_or_create(&ReasonLabel {
+                reason: "sse \"canary\"".into(),
+            })
+            .inc_by(3);
+        m.events_published.inc_by(7);
+        let s = m.samples();
+        let conn = s
+            .iter()
+            .find(|s| s.name == "surepush_connections")
+            .expect("connections");
+        assert_eq!(conn.label("transport"), Some("sse_stream"));
+        assert_eq!(conn.label("http"), Some("2"));
+        assert_eq!(conn.value, 1.0);
+        let fb = s
+            .iter()
+            .find(|s| s.name == "surepush_fallbacks_total")
+            .expect("fallbacks");
+        assert_eq!(fb.label("reason"), Some("sse \"canary\""));
+        assert_eq!(fb.value, 3.0);
+        assert!(s
+            .iter()
+            .any(|s| s.name == "surepush_events_published_total" && s.value == 7.0));
     }
 }

@@ -160,9 +160,11 @@ impl Pattern {
 }
 
 /// The part of `topic` strictly below `prefix`, if `topic` is below it.
+/// Wildcards at the root (`*`, `**`) never match reserved topics: only a pattern that
+/// names one does.
 fn below<'a>(prefix: &str, topic: &'a str) -> Option<&'a str> {
     if prefix.is_empty() {
-        return (!topic.is_empty()).then_some(topic);
+        return (!topic.is_empty() && !is_reserved_topic(topic)).then_some(topic);
     }
     let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
     (!rest.is_empty()).then_some(rest)
@@ -179,6 +181,15 @@ impl fmt::Display for Pattern {
         }
     }
 }
+
+/// The server's own topics (e.g. `surepush.admin/stats`, which feeds the admin
+/// dashboard): the first segment starts with `surepush.`. Clients cannot publish to them,
+/// and root wildcards do not match them.
+pub fn is_reserved_topic(topic: &str) -> bool {
+    topic.starts_with(RESERVED_ROOT)
+}
+
+pub const RESERVED_ROOT: &str = "surepush.";
 
 /// True when any pattern matches the topic.
 pub fn any_match(patterns: &[Pattern], topic: &str) -> bool {
@@ -292,6 +303,24 @@ mod tests {
         assert_eq!(t.ancestors().collect::<Vec<_>>(), vec!["", "a", "a/b"]);
         assert_eq!(t.parent(), "a/b");
         assert_eq!(Topic::parse("a").unwrap().parent(), "");
+    }
+
+    #[test]
+    fn root_wildcards_skip_reserved_topics() {
+        for p in ["*", "**"] {
+            let p = Pattern::parse(p).unwrap();
+            assert!(!p.matches("surepush.admin"));
+            assert!(!p.matches("surepush.admin/stats"));
+            assert!(p.matches("surepushx"));
+            assert!(!p.covers(&Pattern::parse("surepush.admin/stats").unwrap()));
+        }
+        let named = Pattern::parse("surepush.admin/**").unwrap();
+        assert!(named.matches("surepush.admin/stats"));
+        assert!(Pattern::parse("surepush.admin/stats")
+            .unwrap()
+            .matches("surepush.admin/stats"));
+        assert!(is_reserved_topic("surepush.admin/stats"));
+        assert!(!is_reserved_topic("users/surepush.x"));
     }
 
     #[test]

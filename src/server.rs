@@ -11,6 +11,7 @@ use actix_web::{web, App, HttpServer};
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::admin::{Admin, UserError};
 use crate::auth::{Authenticator, KeyError};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -18,6 +19,7 @@ use crate::limits::{ConnLimiter, RateLimiter};
 use crate::metrics::Metrics;
 use crate::stall::StallWatch;
 use crate::store::{blocking, now_ms, EventLog, StoreError};
+use crate::subscribers::Registry;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, Error)]
@@ -33,6 +35,8 @@ pub enum ServerError {
     Keys(#[from] KeyError),
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot set up the admin users: {0}")]
+    AdminUsers(#[from] UserError),
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
     #[error("the HTTP server failed: {0}")]
@@ -53,6 +57,9 @@ pub struct AppState {
     /// Becomes true when the server is shutting down: streams say goodbye and end.
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
+    /// Open SSE streams and waiting long polls, for the admin UI.
+    pub subscribers: Arc<Registry>,
+    pub admin: Arc<Admin>,
 }
 
 /// Per-connection facts captured when the connection is accepted.
@@ -84,6 +91,13 @@ pub fn prepare_data_dir(config: &Config) -> Result<(), ServerError> {
     }
     if config.auth.key_file.is_none() {
         tls::ensure_signing_key(&config.signing_key_path())?;
+    }
+    if config.admin.enabled && crate::admin::users::ensure_first_admin(&config.data_dir)?.is_some()
+    {
+        tracing::info!(
+            password_file = %config.data_dir.join(crate::admin::users::INITIAL_PASSWORD_FILE).display(),
+            "created the first admin user \"admin\"; its password is in the password file"
+        );
     }
     Ok(())
 }
@@ -158,12 +172,15 @@ pub async fn run(
         )),
         shutdown: shutdown_rx,
         started: Instant::now(),
+        subscribers: Registry::new(),
+        admin: Admin::new(&config.data_dir, &config.admin),
     };
 
     let background = vec![
         tokio::spawn(stalls.run()),
         tokio::spawn(retention_loop(state.clone())),
         tokio::spawn(lease_expiry_loop(state.clone())),
+        tokio::spawn(crate::http::admin::stats_loop(state.clone())),
     ];
 
     let server = build_http_server(&config, listener, web::Data::new(state))?;

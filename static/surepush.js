@@ -472,6 +472,7 @@
     on('surepush.hello', this._onHello);
     on('surepush.ping', this._onPing);
     on('surepush.shutdown', this._onShutdown);
+    on('surepush.disconnected', this._onShutdown); // an operator ended this stream
     on('message', this._onMessage);
     for (var t in this._types) if (has(this._types, t)) on(t, this._onMessage);
     conn.listen = function (type) {

@@ -27,12 +27,22 @@ pub enum Command {
         after_help = "Examples:\n  surepush serve\n  surepush serve --config /etc/surepush/surepush.toml\n  SUREPUSH_LISTEN=0.0.0.0:443 surepush serve --data-dir /var/lib/surepush"
     )]
     Serve(ConfigArgs),
-    /// Write a commented config, a self-signed certificate and a signing key into a directory.
+    /// Prepare an installation: config (with --dir), self-signed certificate, signing key and
+    /// the first admin user. It never overwrites anything.
     #[command(
-        after_help = "Example:\n  surepush init --dir /var/lib/surepush\n  surepush serve --config /var/lib/surepush/surepush.toml"
+        after_help = "With --dir, a new directory gets a commented surepush.toml too. With --config, the data\ndirectory that config names is prepared (what the packages' post-install does); running it\nagain changes nothing. The first\nadmin user, `admin`, gets a random password written to <data_dir>/initial-admin-password\n(mode 0600) and printed once.\n\nExamples:\n  surepush init --dir /srv/surepush && surepush serve --config /srv/surepush/surepush.toml\n  surepush init --config /etc/surepush/surepush.toml"
     )]
     Init(InitArgs),
+    /// Manage the admin web UI's users (works while the server runs).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  surepush admin add-user alice --config /etc/surepush/surepush.toml\n  surepush admin passwd admin --generate\n  echo \"$PW\" | surepush admin add-user ops --password-stdin\n  surepush admin list"
+    )]
+    Admin(AdminCommand),
     /// Print the effective configuration (file, environment and flags merged).
+    #[command(
+        after_help = "Examples:\n  surepush print-config\n  surepush print-config --config /etc/surepush/surepush.toml\n  SUREPUSH_PUSH__HEARTBEAT_SECS=10 surepush print-config --listen 0.0.0.0:443"
+    )]
     PrintConfig(ConfigArgs),
     /// Mint an access token (JWT) signed with the server's key.
     #[command(
@@ -54,6 +64,26 @@ pub enum Command {
         after_help = "The command runs without a shell, once per job, with the job's payload (JSON) on stdin and\nSUREPUSH_JOB_ID, SUREPUSH_QUEUE and SUREPUSH_ATTEMPT set. Exit 0 completes the job with stdout\n(JSON if it parses, else a string); any other exit fails it with the exit code and the end of\nstderr, to be retried. SIGTERM/SIGINT: finish running jobs, then exit; twice: kill them.\n\nExamples:\n  surepush worker https://127.0.0.1:8443 --queue reports --insecure -- ./make-report.sh\n  SUREPUSH_TOKEN=\"$JWT\" surepush worker https://push.example --queue thumbs --concurrency 4 -- convert-job --size 256"
     )]
     Worker(WorkerArgs),
+    /// Find out what is wrong: check the local installation, or the network path to a server.
+    #[command(after_help = DOCTOR_HELP)]
+    Doctor(DoctorArgs),
+    /// Write a consistent backup of the whole database, online from the running server
+    /// (or offline when none listens).
+    #[command(
+        after_help = "The running server writes the snapshot while it holds writes for a moment; the command\nasks it with an admin token minted from the signing key (or --token), trusting the configured\ncertificate. When nothing listens on the configured address, it reads the database directly.\nThe file is written as FILE.tmp, verified, fsynced and renamed.\n\nExamples:\n  surepush backup --config /etc/surepush/surepush.toml --out /backups/surepush-$(date +%F).spbak\n  surepush backup --url https://push.example --token \"$ADMIN_JWT\" --out now.spbak"
+    )]
+    Backup(BackupArgs),
+    /// Restore a backup into a data directory without a database.
+    #[command(
+        after_help = "The whole file is verified (checksum, format, schema) before anything is written; an older\nschema is migrated. The server must not be running on that data directory.\n\nExample:\n  surepush restore --data-dir /var/lib/surepush-new --from /backups/surepush-2026-10-01.spbak"
+    )]
+    Restore(RestoreArgs),
+    /// Write the man pages (surepush.1 and one per subcommand) into a directory.
+    #[command(
+        hide = true,
+        after_help = "Example:\n  surepush man --out target/man && man -l target/man/surepush.1"
+    )]
+    Man(ManArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -76,10 +106,59 @@ pub struct ConfigArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct InitArgs {
-    /// Directory to create (becomes the data directory).
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing).
     #[arg(long)]
-    pub dir: PathBuf,
+    pub out: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Add an admin user.
+    AddUser(AdminUserArgs),
+    /// Set a new password for an admin user (ends the user's open sessions).
+    Passwd(AdminUserArgs),
+    /// Remove an admin user (ends the user's open sessions).
+    Remove(AdminNameArgs),
+    /// List the admin users.
+    List(AdminListArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AdminUserArgs {
+    /// User name: letters, digits, '.', '_', '-', '@'.
+    pub name: String,
+    /// Read the password from the first line of stdin (for scripts).
+    #[arg(long, conflicts_with = "generate")]
+    pub password_stdin: bool,
+    /// Generate a random password and print it.
+    #[arg(long)]
+    pub generate: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AdminNameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AdminListArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Directory to create (becomes the data directory, with a new surepush.toml in it).
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    pub dir: Option<PathBuf>,
+    /// Prepare the data directory of this existing config file instead (left unchanged).
+    #[arg(long, env = "SUREPUSH_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address the written config listens on.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
@@ -173,6 +252,43 @@ pub struct TokenArgs {
     /// Lifetime, e.g. 15m, 1h, 30d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: std::time::Duration,
+    /// Operator rights (`surepush.admin`): may take online backups.
+    #[arg(long)]
+    pub admin: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// File to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Server base URL (default: https://<listen> from the config). When given, the
+    /// server must answer there: no offline fallback.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Accept any server certificate.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Trust this PEM certificate (default: the configured tls.cert_file).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Admin token (default: one minted from the signing key, valid 5 minutes).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Read the database directly; no server may be running on it.
+    #[arg(long, conflicts_with = "url")]
+    pub offline: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Backup file to restore.
+    #[arg(long)]
+    pub from: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -202,4 +318,34 @@ pub struct WorkerArgs {
     /// The command to run for each job, and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+const DOCTOR_HELP: &str = "Without a URL: checks this machine's installation as `serve` would load it (config,
+certificate, keys, data directory, disk, clock, listen port). With a URL: tests the path from
+here to that server: reachability, TLS, HTTP version, clock, and for SSE streaming, SSE close
+mode and long polling the time to the canary and to a test event published to a topic of its
+own (surepush-doctor/<random>/...). Publishing needs a token allowed to publish and subscribe
+surepush-doctor/**: --token, or one minted from the local signing key when the server's config
+is here. Exit status 0 when nothing failed (warnings allowed), 1 when a check failed.
+
+Examples:
+  surepush doctor --config /etc/surepush/surepush.toml
+  surepush doctor https://127.0.0.1:8443 --insecure --data-dir ./surepush-data
+  surepush doctor https://push.example --token \"$JWT\" --json
+  surepush token --sub doctor --publish 'surepush-doctor/**' --subscribe 'surepush-doctor/**' --ttl 10m";
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Server base URL to test from here, e.g. https://push.example:8443 (omit: local checks only).
+    pub url: Option<String>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds each probe step may wait.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub timeout: u64,
 }

@@ -24,9 +24,17 @@ pub fn render_config(listen: &str, data_dir: &Path) -> String {
 }
 
 pub fn run(args: InitArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let dir = std::fs::canonicalize(&args.dir)?;
+    match (&args.dir, &args.config) {
+        (Some(dir), None) => init_dir(dir, &args),
+        (None, Some(config)) => init_from_config(config, &args),
+        _ => anyhow::bail!("give either --dir DIR (a new installation) or --config FILE"),
+    }
+}
+
+/// A new directory with its own config.
+fn init_dir(dir: &Path, args: &InitArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir)?;
     let config_path = dir.join("surepush.toml");
     if config_path.exists() {
         anyhow::bail!(
@@ -36,17 +44,73 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     }
     let text = render_config(&args.listen.to_string(), &dir);
     let config: Config = toml::from_str(&text).context("the generated config does not parse")?;
-    let mut names = crate::tls::default_names();
-    names.extend(args.names);
-    crate::tls::ensure_self_signed(&config.cert_path(), &config.key_path(), &names)?;
-    crate::tls::ensure_signing_key(&dir.join("signing.key"))?;
+    prepare(&config, args)?;
     crate::tls::write_file(&config_path, text.as_bytes(), 0o640)?;
     println!("wrote {}", config_path.display());
-    println!("certificate {}", config.cert_path().display());
-    println!("signing key {}", dir.join("signing.key").display());
     println!(
         "start with: surepush serve --config {}",
         config_path.display()
     );
+    Ok(())
+}
+
+/// The data directory of an existing config (the packages' post-install). Idempotent.
+fn init_from_config(config_path: &Path, args: &InitArgs) -> anyhow::Result<()> {
+    let (config, warnings) = super::serve::load(&super::args::ConfigArgs {
+        config: Some(config_path.to_path_buf()),
+        ..Default::default()
+    })?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    }
+    prepare(&config, args)?;
+    println!(
+        "start with: surepush serve --config {}",
+        config_path.display()
+    );
+    Ok(())
+}
+
+/// Certificate, signing key and first admin user, each only when missing.
+fn prepare(config: &Config, args: &InitArgs) -> anyhow::Result<()> {
+    let mut names = crate::tls::default_names();
+    names.extend(args.names.iter().cloned());
+    let (cert, key) = (config.cert_path(), config.key_path());
+    if config.insecure_http {
+        println!("plain HTTP configured: no certificate needed");
+    } else if crate::tls::ensure_self_signed(&cert, &key, &names)? {
+        println!("certificate {} (self-signed)", cert.display());
+    } else {
+        println!("certificate {} (kept)", cert.display());
+    }
+    let signing = config.signing_key_path();
+    if config.auth.key_file.is_some() || config.auth.algorithm != "HS256" {
+        println!("signing key: configured by auth.key_file / auth.algorithm (left alone)");
+    } else if crate::tls::ensure_signing_key(&signing)? {
+        println!("signing key {}", signing.display());
+    } else {
+        println!("signing key {} (kept)", signing.display());
+    }
+    match crate::admin::users::ensure_first_admin(&config.data_dir)? {
+        Some(password) => {
+            let file = config
+                .data_dir
+                .join(crate::admin::users::INITIAL_PASSWORD_FILE);
+            println!("admin user \"admin\" created; password: {password}");
+            println!(
+                "  (also in {}, mode 0600: delete it once noted)",
+                file.display()
+            );
+        }
+        None => println!("admin users: kept ({})", crate::admin::users::USERS_FILE),
+    }
     Ok(())
 }

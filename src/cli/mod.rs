@@ -1,8 +1,12 @@
 //! Command-line subcommands (definitions in `args`, one module per command).
 
+pub mod admin;
 pub mod args;
+pub mod backup;
 pub mod client;
+pub mod doctor;
 pub mod init;
+pub mod man;
 pub mod publish;
 pub mod serve;
 pub mod tail;

@@ -36,6 +36,11 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
             work: args.work,
         },
     };
-    println!("{}", auth.mint(&claims)?);
+    let token = if args.admin {
+        auth.mint_admin(&claims)?
+    } else {
+        auth.mint(&claims)?
+    };
+    println!("{token}");
     Ok(())
 }

@@ -27,7 +27,7 @@ const CSS: &str = "text/css; charset=utf-8";
 const CACHE_CONTROL: &str = "public, max-age=300";
 
 /// The allow-list: nothing else under `static/` is served.
-static ASSETS: [Asset; 4] = [
+static ASSETS: [Asset; 7] = [
     Asset {
         path: "/surepush.js",
         content_type: JS,
@@ -47,6 +47,21 @@ static ASSETS: [Asset; 4] = [
         path: "/demo.css",
         content_type: CSS,
         body: include_bytes!("../../static/demo.css"),
+    },
+    Asset {
+        path: "/admin/static/admin.css",
+        content_type: CSS,
+        body: include_bytes!("../../static/admin.css"),
+    },
+    Asset {
+        path: "/admin/static/admin.js",
+        content_type: JS,
+        body: include_bytes!("../../static/admin.js"),
+    },
+    Asset {
+        path: "/doctor.js",
+        content_type: JS,
+        body: include_bytes!("../../static/doctor.js"),
     },
 ];
 
@@ -124,7 +139,7 @@ fn serve(req: &HttpRequest, served: &Served) -> HttpResponse {
 }
 
 /// `/surepush.js?v=<hash>`: the URL changes whenever the content does.
-fn versioned(path: &str) -> String {
+pub fn versioned(path: &str) -> String {
     match SERVED.iter().find(|s| s.asset.path == path) {
         Some(s) => format!("{path}?v={}", s.etag.trim_matches('"')),
         None => path.to_string(),

@@ -197,6 +197,12 @@ async fn enqueue(
             let topic = Topic::parse(t).map_err(|e| {
                 ApiError::unprocessable("invalid_topic", format!("reply_topic: {e}"))
             })?;
+            if crate::model::is_reserved_topic(topic.as_str()) {
+                return Err(ApiError::unprocessable(
+                    "reserved_topic",
+                    format!("reply_topic {topic} is reserved for the server's own events"),
+                ));
+            }
             // Results go only where the requester may listen (or publish).
             if let Some(p) = &who {
                 let exact = Pattern::Exact(topic.to_string());

@@ -1,8 +1,11 @@
 //! HTTP handlers. Each module registers its routes; handlers stay thin.
 
+pub mod admin;
 mod assets;
 mod auth;
+mod backup;
 mod body;
+mod doctor;
 pub mod guard;
 mod jobs;
 mod ops;
@@ -21,7 +24,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     sse::configure(cfg);
     poll::configure(cfg);
     jobs::configure(cfg);
+    backup::configure(cfg);
     assets::configure(cfg);
+    doctor::configure(cfg);
+    admin::configure(cfg);
     cfg.default_service(web::to(not_found));
 }
 

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::metrics::{ConnectionGuard, ReasonLabel};
 use crate::server::AppState;
 use crate::store::EncodedEvent;
+use crate::subscribers::SubscriberInfo;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/poll").route(web::get().to(long_poll)))
@@ -59,7 +60,17 @@ async fn long_poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
     let p = params::parse(&req, cfg)?;
     let who = super::auth::principal(&req, &st)?;
     st.auth.authorize_subscribe(who.as_ref(), &p.patterns)?;
-    let _conn = ConnectionGuard::new(&st.metrics, "longpoll", http_version(&req));
+    let http = http_version(&req);
+    let _conn = ConnectionGuard::new(&st.metrics, "longpoll", http);
+    let registered = st.subscribers.register(SubscriberInfo {
+        peer: req.peer_addr(),
+        subject: who.as_ref().map(|w| w.sub.clone()),
+        transport: "longpoll",
+        http,
+        topics: p.patterns.iter().map(|p| p.to_string()).collect(),
+        fallback: p.fallback.clone(),
+        since_ms: crate::store::now_ms(),
+    });
     count_fallback(&st, p.fallback);
     let sub = st.hub.subscribe(&p.patterns);
     let resume = st.log.resume(p.since, &p.patterns).await?;
@@ -72,6 +83,7 @@ async fn long_poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
         cursor = batch.scanned_to;
         if !batch.events.is_empty() {
             st.metrics.delivered("longpoll", batch.events.len());
+            registered.delivered(batch.events.len());
             return Ok(events_response(
                 &batch.events,
                 st.log.id(cursor).to_string(),
@@ -87,6 +99,7 @@ async fn long_poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
             }
             _ = tokio::time::sleep_until(deadline) => break,
             _ = shutdown.wait_for(|v| *v) => break,
+            _ = registered.kicked() => break,
         }
     }
     Ok(events_response(

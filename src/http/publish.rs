@@ -8,7 +8,7 @@ use super::body::read_limited;
 use super::resource;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
-use crate::model::{validate_type, Topic};
+use crate::model::{is_reserved_topic, validate_type, Topic, RESERVED_ROOT};
 use crate::server::AppState;
 use crate::store::record::minify_json;
 use crate::store::NewEvent;
@@ -121,6 +121,15 @@ pub fn parse_publish(body: &[u8], limits: &LimitsConfig) -> Result<Vec<NewEvent>
     for (i, item) in items.into_iter().enumerate() {
         let topic = Topic::parse(&item.topic)
             .map_err(|e| ApiError::unprocessable("invalid_topic", format!("{}{e}", at(i))))?;
+        if is_reserved_topic(topic.as_str()) {
+            return Err(ApiError::unprocessable(
+                "reserved_topic",
+                format!(
+                    "{}topic {topic} is reserved: topics under {RESERVED_ROOT}* are the server's own",
+                    at(i)
+                ),
+            ));
+        }
         let kind = item.kind.unwrap_or_else(|| DEFAULT_TYPE.to_string());
         validate_type(&kind)
             .map_err(|e| ApiError::unprocessable("invalid_type", format!("{}{e}", at(i))))?;

@@ -21,6 +21,7 @@ use crate::model::Pattern;
 use crate::server::{AppState, ConnInfo};
 use crate::stall::StallGuard;
 use crate::store::{now_ms, record::rfc3339};
+use crate::subscribers::{SubscriberGuard, SubscriberInfo};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/stream").route(web::get().to(stream)));
@@ -46,6 +47,7 @@ struct SseState {
     transport: &'static str,
     untyped: bool,
     stall: StallGuard,
+    registered: SubscriberGuard,
     _conn: ConnectionGuard,
 }
 
@@ -83,6 +85,15 @@ async fn stream(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
         SseMode::Stream => "sse_stream",
         SseMode::Close => "sse_close",
     };
+    let registered = st.subscribers.register(SubscriberInfo {
+        peer: req.peer_addr(),
+        subject: who.as_ref().map(|w| w.sub.clone()),
+        transport,
+        http,
+        topics: p.patterns.iter().map(|p| p.to_string()).collect(),
+        fallback: p.fallback.clone(),
+        since_ms: now_ms(),
+    });
     if let Some(reason) = p.fallback {
         st.metrics
             .fallbacks
@@ -135,6 +146,7 @@ async fn stream(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
         transport,
         untyped: p.untyped,
         stall: st.stalls.register(fd, stall_after),
+        registered,
         _conn: ConnectionGuard::new(&st.metrics, transport, http),
         st,
     };
@@ -192,6 +204,7 @@ async fn next_chunk(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseSt
                         s.out.extend(batch.events.iter().map(|e| e.sse.clone()));
                     }
                     s.st.metrics.delivered(s.transport, n);
+                    s.registered.delivered(n);
                     if s.mode == SseMode::Close && s.cursor >= s.st.log.head() {
                         s.done = true;
                     }
@@ -224,6 +237,12 @@ async fn next_chunk(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseSt
                 s.done = true;
             }
             _ = sleep_until_opt(deadline) => s.done = true,
+            _ = s.registered.kicked() => {
+                s.out.push_back(Bytes::from_static(
+                    b"event: surepush.disconnected\ndata: {\"reconnect\":true}\n\n",
+                ));
+                s.done = true;
+            }
             _ = sleep_until_opt(token_ends) => {
                 s.out.push_back(Bytes::from_static(
                     b"event: surepush.token_expired\ndata: {\"renew\":true}\n\n",

@@ -16,7 +16,7 @@ use super::meta::{self, TopicMeta};
 use super::record::{decode_head, decode_record, EncodedEvent};
 use super::retention::{RetentionPolicy, RetentionReport};
 use super::writer::{self, WriteCmd};
-use super::{blocking, keys, StoreError, SCHEMA_VERSION};
+use super::{backup, blocking, keys, migrate, StoreError};
 use crate::config::StorageConfig;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -130,26 +130,9 @@ impl EventLog {
     ) -> Result<EventLog, StoreError> {
         let db = open_db(path, config)?;
         let tree = db.open_tree("log")?;
-        let epoch = match tree.get(keys::meta(meta::SCHEMA))? {
-            Some(v) => {
-                let found = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0xff; 4]));
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::NewerSchema {
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-                meta::get_u64(&tree, meta::EPOCH)?.unwrap_or(0) as u32
-            }
-            None => {
-                let epoch: u32 = rand::random();
-                tree.insert(keys::meta(meta::SCHEMA), &SCHEMA_VERSION.to_be_bytes())?;
-                tree.insert(keys::meta(meta::EPOCH), &u64::from(epoch).to_be_bytes())?;
-                tree.insert(keys::meta(meta::NEXT_SEQ), &1u64.to_be_bytes())?;
-                db.flush()?;
-                epoch
-            }
-        };
+        // New database: markers; older schema: migrated; newer: refused.
+        migrate::upgrade(&db, &tree)?;
+        let epoch = meta::get_u64(&tree, meta::EPOCH)?.unwrap_or(0) as u32;
         let mut next_seq = meta::get_u64(&tree, meta::NEXT_SEQ)?.unwrap_or(1).max(1);
         if let Some((k, _)) = tree.scan_prefix([keys::EVENT]).next_back().transpose()? {
             if let Some(last) = keys::event_seq(&k) {
@@ -235,6 +218,17 @@ impl EventLog {
     /// Writes and flushes a marker: proves the database is open and writable.
     pub async fn probe(&self) -> Result<(), StoreError> {
         self.send(|reply| WriteCmd::Probe { reply }).await
+    }
+
+    /// Writes a consistent snapshot of every tree (and `files`, read at the same cut) to
+    /// a new file at `path`, on the writer while no other write runs.
+    pub async fn backup(
+        &self,
+        path: std::path::PathBuf,
+        files: Vec<(String, std::path::PathBuf)>,
+    ) -> Result<backup::Summary, StoreError> {
+        self.send(|reply| WriteCmd::Backup { path, files, reply })
+            .await
     }
 
     /// Runs one job operation on the writer; resolves once it is durable.
@@ -453,6 +447,39 @@ impl EventLog {
     }
 }
 
+impl EventLog {
+    /// A page of one topic's events, newest first: those with seq below `before` (all
+    /// when None), at most `limit`. For browsing (the admin UI), not for delivery.
+    pub async fn topic_page(
+        &self,
+        topic: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<EncodedEvent>, StoreError> {
+        let shared = self.shared.clone();
+        let topic = topic.to_string();
+        blocking(move || {
+            let from = keys::index(&topic, 0);
+            let to = keys::index(&topic, before.unwrap_or(u64::MAX));
+            let mut out = Vec::new();
+            for kv in shared.tree.range(from..to).rev() {
+                let (k, _) = kv?;
+                let Some(seq) = keys::index_seq(&k) else {
+                    continue;
+                };
+                if let Some(rec) = shared.tree.get(keys::event(seq))? {
+                    out.push(decode_record(seq, shared.epoch, &rec)?);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 impl Drop for EventLog {
     fn drop(&mut self) {
         if let Ok(mut w) = self.writer.write() {
@@ -467,7 +494,7 @@ impl Drop for EventLog {
 
 /// Opens sled, waiting a little for the file lock: sled releases it in the background
 /// after the previous handle in this process is dropped (a restart in place).
-fn open_db(path: &Path, config: &StorageConfig) -> Result<sled::Db, StoreError> {
+pub(super) fn open_db(path: &Path, config: &StorageConfig) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let opened = sled::Config::new()

@@ -1,10 +1,12 @@
 //! Durable storage on sled: the event log (and, later, the job queues) in one tree.
 
+pub mod backup;
 pub mod job_ops;
 pub mod jobs;
 mod keys;
 mod log;
 mod meta;
+pub mod migrate;
 pub mod record;
 mod retention;
 mod writer;
@@ -13,8 +15,9 @@ pub use log::{EventLog, NewEvent, ReadBatch, Resume, TopicInfo};
 pub use record::EncodedEvent;
 pub use retention::{RetentionPolicy, RetentionReport};
 
-/// Schema version this build writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Schema version this build writes; a database with a newer one is refused, an older
+/// one is migrated at open (`migrate.rs`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +31,10 @@ pub enum StoreError {
         "the database was written by a newer surepush (schema {found}, this build reads up to {supported}); upgrade surepush or restore a backup"
     )]
     NewerSchema { found: u32, supported: u32 },
+    #[error("this build cannot migrate a database of schema {from}")]
+    NoMigration { from: u32 },
+    #[error(transparent)]
+    Backup(#[from] backup::BackupError),
     #[error(transparent)]
     Job(#[from] jobs::JobError),
     #[error("a storage task failed: {0}")]

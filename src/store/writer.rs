@@ -42,6 +42,13 @@ pub(super) enum WriteCmd {
         op: JobOp,
         reply: Reply<JobReply>,
     },
+    /// A consistent snapshot: runs after the group's writes are flushed, before the next
+    /// group, so no write is half in it.
+    Backup {
+        path: std::path::PathBuf,
+        files: Vec<(String, std::path::PathBuf)>,
+        reply: Reply<super::backup::Summary>,
+    },
 }
 
 pub(super) struct Writer {
@@ -208,6 +215,10 @@ impl Writer {
                         .and_then(|_| self.shared.db.flush())
                         .map(|_| ())
                         .map_err(StoreError::from);
+                    let _ = reply.send(r);
+                }
+                WriteCmd::Backup { path, files, reply } => {
+                    let r = super::backup::snapshot_to_file(&self.shared.db, &path, &files);
                     let _ = reply.send(r);
                 }
                 WriteCmd::Publish { .. } | WriteCmd::Job { .. } => {}

@@ -120,6 +120,9 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "pageLoadStrategy": "normal",
+            // The server's own certificate is self-signed (tests/admin_ui.rs goes to it
+            // directly: its cookies are Secure); plain-HTTP pages are unaffected.
+            "acceptInsecureCerts": true,
             "timeouts": {"script": 30000, "pageLoad": 30000, "implicit": 0},
             "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
@@ -206,6 +209,46 @@ impl Browser {
         .await
     }
 
+    /// Like [`Browser::eval`], but a WebDriver error (a page being replaced while the
+    /// script runs, say) is `None` instead of a panic: for polling across navigations.
+    pub async fn try_eval(&self, body: &str) -> Option<Value> {
+        let r = self
+            .http
+            .post(self.url(&self.session_path("/execute/sync")))
+            .json(&json!({ "script": body, "args": [] }))
+            .send()
+            .await
+            .ok()?;
+        let ok = r.status().is_success();
+        let v: Value = r.json().await.ok()?;
+        ok.then(|| v["value"].clone())
+    }
+
+    /// Fixes the page's viewport (CSS pixels, scale 1) for screenshots that do not
+    /// depend on the host.
+    pub async fn set_viewport(&self, width: u32, height: u32) {
+        self.cdp(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
+    }
+
+    /// Saves a PNG of the viewport to `path` (CDP `Page.captureScreenshot`).
+    pub async fn screenshot(&self, path: &Path) {
+        let v = self
+            .cdp("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        let data = v["data"].as_str().expect("screenshot data");
+        let png = base64_decode(data).expect("screenshot: bad base64");
+        assert!(png.starts_with(b"\x89PNG"), "screenshot is not a PNG");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("screenshot dir");
+        }
+        std::fs::write(path, png)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+
     /// Runs `body` with a callback as its last argument (`arguments[arguments.length-1]`).
     pub async fn eval_async(&self, body: &str) -> Value {
         self.call(
@@ -267,6 +310,36 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// Standard base64 (with padding, no line breaks), as CDP returns binary data.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes = text.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c)? << (18 - 6 * i);
+        }
+        let take = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&n.to_be_bytes()[1..1 + take]);
+    }
+    Some(out)
 }
 
 fn delete_session(port: u16, session: &str) -> std::io::Result<()> {
