@@ -171,6 +171,20 @@ async fn through_a_buffering_proxy_the_stream_is_buffered_and_the_fallbacks_work
         "{v}"
     );
     assert!(v.contains("Long polling works too"), "{v}");
+
+    // the same in words (shown with --nocapture)
+    let (code, text) = doctor_text(cwd.path(), &[&proxy.base_url()]).await;
+    println!("{text}");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("buffered: the response headers came in"),
+        "{text}"
+    );
+    assert!(
+        text.contains("A proxy on this path buffers SSE streams"),
+        "{text}"
+    );
+    assert!(text.contains("Result: ok, with warnings"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,9 +9,12 @@
 //! Exit status: 0 when nothing failed (warnings allowed), 1 when a check failed.
 
 mod der;
+mod keys;
 mod local;
 mod probe;
 mod remote;
+mod tls_peek;
+mod verdict;
 
 use std::fmt::Write as _;
 

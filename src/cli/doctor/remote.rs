@@ -1,22 +1,19 @@
 //! Checks through a URL: reachability, TLS as this client sees it, HTTP version, the
 //! server's clock, then the delivery probes and the verdict.
 
-use std::io::ErrorKind;
-use std::net::ToSocketAddrs;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::probe::{self, Ctx, Outcome, Probe};
-use super::{der, error_chain, human_ms, local, Report, Status};
+use super::{der, error_chain, human_ms, tls_peek, verdict, Report, Status};
 use crate::auth::{now_secs, Authenticator, Claims, Grants};
 use crate::cli::args::DoctorArgs;
 use crate::cli::client;
 use crate::config::Config;
 
-const SERVER: &str = "server";
+pub const SERVER: &str = "server";
 /// Clock differences beyond these are a warning, a failure.
 const CLOCK_WARN_MS: i64 = 5_000;
 const CLOCK_FAIL_MS: i64 = 120_000;
@@ -30,7 +27,7 @@ pub struct Facts {
     /// HTTP version the server saw (from the canary); differs when something in between
     /// terminates the connection.
     pub server_http_version: Option<String>,
-    pub tls: Option<TlsFacts>,
+    pub tls: Option<tls_peek::TlsFacts>,
     /// Server clock minus this machine's clock, from the `Date` header.
     pub clock_offset_ms: Option<i64>,
     /// Where the token came from: "token" (given), "minted" (local signing key), "none".
@@ -45,17 +42,6 @@ pub struct Transports {
     pub sse_stream: Probe,
     pub sse_close: Probe,
     pub longpoll: Probe,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TlsFacts {
-    pub protocol: Option<String>,
-    pub alpn: Option<String>,
-    pub not_before: Option<String>,
-    pub not_after: Option<String>,
-    pub days_left: Option<i64>,
-    /// Whether this machine trusts the certificate (None with --insecure).
-    pub trusted: Option<bool>,
 }
 
 enum TokenSource {
@@ -122,7 +108,7 @@ async fn reach(
             .trim_matches(|c| c == '[' || c == ']')
             .to_string();
         let port = url.port_or_known_default().unwrap_or(443);
-        tokio::task::spawn_blocking(move || peek_tls(&host, port, timeout))
+        tokio::task::spawn_blocking(move || tls_peek::peek(&host, port, timeout))
     });
     let sent_at = SystemTime::now();
     let start = std::time::Instant::now();
@@ -141,7 +127,7 @@ async fn reach(
             // The certificate can still be described when only trust failed.
             if let Some(peek) = tls_peek {
                 if let Ok(Ok(t)) = peek.await {
-                    describe_tls(t, Some(false), facts, report);
+                    tls_peek::describe(t, Some(false), facts, report);
                 }
             }
             return false;
@@ -198,7 +184,9 @@ async fn reach(
     );
     if let Some(peek) = tls_peek {
         match peek.await {
-            Ok(Ok(t)) => describe_tls(t, (!args.client.insecure).then_some(true), facts, report),
+            Ok(Ok(t)) => {
+                tls_peek::describe(t, (!args.client.insecure).then_some(true), facts, report)
+            }
             Ok(Err(e)) => {
                 report.add(
                     SERVER,
@@ -281,44 +269,6 @@ fn unreachable(
         format!("{reason} ({chain})"),
         format!("Nothing reaches the server: {reason}."),
     )
-}
-
-fn describe_tls(t: TlsPeek, trusted: Option<bool>, facts: &mut Facts, report: &mut Report) {
-    let mut facts_tls = TlsFacts {
-        protocol: t.protocol.clone(),
-        alpn: t.alpn.clone(),
-        not_before: None,
-        not_after: None,
-        days_left: None,
-        trusted,
-    };
-    let proto = t.protocol.as_deref().unwrap_or("TLS");
-    let alpn = t.alpn.as_deref().unwrap_or("no ALPN");
-    let (status, text) = match t.validity {
-        Some((nb, na)) => {
-            let (status, text, days) = local::judge_validity(nb, na);
-            facts_tls.not_before = Some(der::format_unix(nb));
-            facts_tls.not_after = Some(der::format_unix(na));
-            facts_tls.days_left = Some(days);
-            (status, format!("certificate {text}"))
-        }
-        None => (
-            Status::Warn,
-            "the certificate could not be read".to_string(),
-        ),
-    };
-    let trust = match trusted {
-        Some(true) => ", trusted by this machine",
-        Some(false) => ", NOT trusted by this machine",
-        None => ", not verified (--insecure)",
-    };
-    report.add(
-        SERVER,
-        "tls",
-        status,
-        format!("{proto} ({alpn}), {text}{trust}"),
-    );
-    facts.tls = Some(facts_tls);
 }
 
 fn clock(
@@ -576,216 +526,16 @@ async fn deliver(
         ("sse_close", &close),
         ("longpoll", &longpoll),
     ] {
-        report_probe(name, p, any_ok, report);
+        verdict::report_probe(name, p, any_ok, report);
     }
     facts.server_http_version = stream
         .server_http
         .clone()
         .or_else(|| close.server_http.clone());
-    verdict(&stream, &close, &longpoll, facts, report);
+    verdict::verdict(&stream, &close, &longpoll, facts, report);
     facts.transports = Some(Transports {
         sse_stream: stream,
         sse_close: close,
         longpoll,
     });
-}
-
-fn timings(p: &Probe, canary_word: &str) -> String {
-    let mut parts = Vec::new();
-    if let Some(c) = p.canary_ms {
-        parts.push(format!("{canary_word} in {}", human_ms(c)));
-    }
-    if let Some(e) = p.event_ms {
-        parts.push(format!("event in {}", human_ms(e)));
-    }
-    parts.join(", ")
-}
-
-/// One transport's line. A transport that fails while another works is a warning:
-/// clients on this path still get their events.
-fn report_probe(name: &'static str, p: &Probe, any_ok: bool, report: &mut Report) {
-    let canary_word = if name == "longpoll" {
-        "first answer"
-    } else {
-        "canary"
-    };
-    let t = timings(p, canary_word);
-    let (status, text) = match p.status {
-        Outcome::Ok if p.detail.is_empty() => (Status::Ok, t),
-        Outcome::Ok => (Status::Ok, format!("{t}; {}", p.detail)),
-        Outcome::Buffered => (Status::Warn, format!("buffered: {}", p.detail)),
-        Outcome::Failed if t.is_empty() => (Status::Fail, p.detail.clone()),
-        Outcome::Failed => (Status::Fail, format!("{t}; {}", p.detail)),
-        Outcome::Skipped => (Status::Skip, p.detail.clone()),
-    };
-    let status = if status == Status::Fail && any_ok {
-        Status::Warn
-    } else {
-        status
-    };
-    report.add(SERVER, name, status, text);
-}
-
-/// The plain-words conclusion about delivery, and the final status of each transport.
-fn verdict(stream: &Probe, close: &Probe, longpoll: &Probe, facts: &Facts, report: &mut Report) {
-    let event = |p: &Probe| match p.event_ms {
-        Some(ms) => format!("event in {}", human_ms(ms)),
-        None => format!("canary in {}", human_ms(p.canary_ms.unwrap_or_default())),
-    };
-    let ok = |p: &Probe| p.status == Outcome::Ok;
-    let v = &mut report.verdict;
-    if ok(stream) {
-        if stream.server_mode.as_deref() == Some("close") {
-            v.push(format!(
-                "Events arrive, but the server saw HTTP/{} and answered in SSE close mode: something on this path speaks HTTP/1.0. surepush clients reconnect after each batch, which works ({}).",
-                stream.server_http.as_deref().unwrap_or("1.0"),
-                event(stream)
-            ));
-        } else {
-            v.push(format!(
-                "SSE streaming works through this network path ({}).",
-                event(stream)
-            ));
-        }
-    } else {
-        let problem = match stream.status {
-            Outcome::Buffered => "A proxy on this path buffers SSE streams: events arrive only when the response ends.".to_string(),
-            _ => format!("SSE streaming does not work through this path: {}.", stream.detail),
-        };
-        let fallback = if ok(close) {
-            format!(
-                "surepush clients will fall back to SSE close mode, which worked ({}).",
-                event(close)
-            )
-        } else if ok(longpoll) {
-            format!("SSE close mode failed too ({}); surepush clients will fall back to long polling, which worked ({}).", close.detail, event(longpoll))
-        } else {
-            format!("SSE close mode ({}) and long polling ({}) failed too: no transport delivers events here.", close.detail, longpoll.detail)
-        };
-        v.push(format!("{problem} {fallback}"));
-    }
-    if ok(close) && !ok(stream) && ok(longpoll) {
-        v.push(format!("Long polling works too ({}).", event(longpoll)));
-    }
-    if ok(stream) && (!ok(close) || !ok(longpoll)) {
-        let broken: Vec<&str> = [("SSE close mode", close), ("long polling", longpoll)]
-            .iter()
-            .filter(|(_, p)| !ok(p))
-            .map(|(n, _)| *n)
-            .collect();
-        v.push(format!(
-            "The fallbacks failed ({}): clients behind a buffering proxy would get nothing here.",
-            broken.join(", ")
-        ));
-    }
-    if let (Some(client), Some(server)) = (&facts.http_version, &facts.server_http_version) {
-        if client != server {
-            v.push(format!(
-                "This machine spoke HTTP/{client}, the server saw HTTP/{server}: something between them (a proxy or load balancer) terminates the connection."
-            ));
-        }
-    }
-}
-
-/// What one TLS handshake shows, independent of trust.
-struct TlsPeek {
-    protocol: Option<String>,
-    alpn: Option<String>,
-    validity: Option<(i64, i64)>,
-}
-
-/// A handshake that accepts any certificate, only to read the certificate's dates and
-/// the negotiated protocol (trust is judged by the real requests).
-fn peek_tls(host: &str, port: u16, timeout: Duration) -> Result<TlsPeek, String> {
-    use rustls::pki_types::ServerName;
-    let addr = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("{host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} has no address"))?;
-    let mut sock =
-        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    let _ = sock.set_read_timeout(Some(timeout));
-    let _ = sock.set_write_timeout(Some(timeout));
-    let recorder = Arc::new(Recorder::default());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
-    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
-    while conn.is_handshaking() {
-        match conn.complete_io(&mut sock) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("TLS handshake: {e}")),
-        }
-    }
-    let validity = recorder
-        .0
-        .lock()
-        .ok()
-        .and_then(|certs| certs.first().and_then(|c| der::validity(c)));
-    let peek = TlsPeek {
-        protocol: conn.protocol_version().map(|v| match v {
-            rustls::ProtocolVersion::TLSv1_3 => "TLS 1.3".to_string(),
-            rustls::ProtocolVersion::TLSv1_2 => "TLS 1.2".to_string(),
-            other => format!("{other:?}"),
-        }),
-        alpn: conn
-            .alpn_protocol()
-            .map(|a| String::from_utf8_lossy(a).into_owned()),
-        validity,
-    };
-    conn.send_close_notify();
-    let _ = conn.complete_io(&mut sock);
-    Ok(peek)
-}
-
-/// Accepts any server certificate and keeps the end-entity one.
-#[derive(Debug, Default)]
-struct Recorder(std::sync::Mutex<Vec<Vec<u8>>>);
-
-impl rustls::client::danger::ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if let Ok(mut certs) = self.0.lock() {
-            certs.push(end_entity.to_vec());
-        }
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
