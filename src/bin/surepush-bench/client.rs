@@ -77,6 +77,26 @@ impl Client {
         }
     }
 
+    /// Opens the HTTP/1.1 connection now if the next request would need a new one.
+    pub async fn connect(&mut self) -> io::Result<()> {
+        if let Client::H1 {
+            addr,
+            tls,
+            conn,
+            body,
+        } = self
+        {
+            if *body != Body::Done || conn.as_ref().is_some_and(|c| c.closing) {
+                *conn = None;
+                *body = Body::Done;
+            }
+            if conn.is_none() {
+                *conn = Some(H1::new(net::connect(*addr, tls.as_ref()).await?));
+            }
+        }
+        Ok(())
+    }
+
     /// Sends a request (GET without body, or POST with one) and reads the response head;
     /// the body follows with `next`. `headers` are extra header lines.
     pub async fn request(

@@ -107,6 +107,24 @@ pub async fn run(
         } else {
             Some(ctx.connect_gate.acquire().await.expect("gate open"))
         };
+        let mark_ready = |res: &mut SubResult| {
+            if !res.ready {
+                res.ready = true;
+                ctx.ready.fetch_add(1, Ordering::Release);
+            }
+        };
+        if transport == Transport::LongPoll && permit.is_some() {
+            // The answer waits for events: the gate covers connecting, and the cursor
+            // (since=) makes the subscription complete once the request is on its way.
+            let connected = tokio::select! {
+                r = client.connect() => r,
+                _ = stop.changed() => break,
+            };
+            if connected.is_ok() {
+                permit = None;
+                mark_ready(&mut res);
+            }
+        }
         ctx.requests.fetch_add(1, Ordering::Relaxed);
         let head = tokio::select! {
             r = client.request("GET", &path, &headers, None) => r,
@@ -133,12 +151,6 @@ pub async fn run(
             continue;
         }
         failures = 0;
-        let mark_ready = |res: &mut SubResult| {
-            if !res.ready {
-                res.ready = true;
-                ctx.ready.fetch_add(1, Ordering::Release);
-            }
-        };
         match transport {
             Transport::Sse | Transport::Close => {
                 // Others are subscribed once the head arrives; surepush says so in its canary.
