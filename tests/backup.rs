@@ -15,7 +15,9 @@ use support::{client, read_events, seq_of, test_config, TestServer};
 use surepush::auth::{now_secs, Authenticator, Claims, Grants};
 use surepush::store::backup;
 
-const ADMIN_USERS: &[u8] = b"{\"users\":[{\"name\":\"root\",\"hash\":\"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA\"}]}\n";
+/// A valid admin users file (the admin module's format), written over the one the
+/// server made, so the restored copy can be compared byte for byte.
+const ADMIN_USERS: &[u8] = b"{\"users\":[{\"name\":\"root\",\"hash\":\"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\",\"created_ms\":1700000000000}]}\n";
 
 struct Out {
     ok: bool,
