@@ -188,6 +188,24 @@ async fn through_a_buffering_proxy_the_stream_is_buffered_and_the_fallbacks_work
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn through_an_http10_proxy_it_says_the_server_answers_in_close_mode() {
+    let server = TestServer::start().await;
+    let proxy = HostileProxy::start(ProxyMode::Http10, server.addr, true).await;
+    let cwd = tempfile::tempdir().unwrap();
+    let (code, r) = doctor_json(cwd.path(), &[&proxy.base_url()]).await;
+    assert_eq!(code, 0, "{r:#}");
+    let stream = &r["remote"]["transports"]["sse_stream"];
+    assert_eq!(stream["status"], "ok", "{r:#}");
+    assert_eq!(stream["server_mode"], "close", "{r:#}");
+    assert_eq!(stream["server_http"], "1.0", "{r:#}");
+    assert!(is_ms(&stream["event_ms"]), "{r:#}");
+    assert!(
+        verdict(&r).contains("something on this path speaks HTTP/1.0"),
+        "{r:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn directly_over_tls_it_reports_http2_and_the_certificate_it_saw() {
     let server = TestServer::start().await;
     let cwd = tempfile::tempdir().unwrap();
