@@ -33,7 +33,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
 
 /// A new directory with its own config.
 fn init_dir(dir: &Path, args: &InitArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    create_private_dir(dir)?;
     let dir = std::fs::canonicalize(dir)?;
     let config_path = dir.join("surepush.toml");
     if config_path.exists() {
@@ -63,20 +63,23 @@ fn init_from_config(config_path: &Path, args: &InitArgs) -> anyhow::Result<()> {
     for w in warnings {
         eprintln!("warning: {w}");
     }
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(&config.data_dir)
-            .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    }
+    create_private_dir(&config.data_dir)?;
     prepare(&config, args)?;
     println!(
         "start with: surepush serve --config {}",
         config_path.display()
     );
     Ok(())
+}
+
+/// The data directory, readable by its owner (and group) only: it holds keys.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Certificate, signing key and first admin user, each only when missing.
