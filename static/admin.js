@@ -78,7 +78,9 @@
     var NS = 'http://www.w3.org/2000/svg';
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     var r = rates();
-    var W = 600, H = 160, top = 10, bottom = 150;
+    // the viewBox follows the drawn width, so labels are not stretched with the lines
+    var W = Math.round(svg.getBoundingClientRect().width) || 600, H = 160, top = 14, bottom = 150;
+    svg.setAttribute('viewBox', '0 0 ' + W + ' ' + H);
     var max = 1;
     for (var i = 0; i < r.length; i++) max = Math.max(max, r[i].pub, r[i].del);
     for (var g = 0; g <= 2; g++) {
@@ -202,6 +204,12 @@
       }
     });
   }
+
+  var resizing = null;
+  window.addEventListener('resize', function () {
+    clearTimeout(resizing);
+    resizing = setTimeout(drawChart, 100);
+  });
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
   else start();

@@ -33,7 +33,7 @@
   function sseProbe(mode, done) {
     if (!window.EventSource) { done({ state: 'unsupported' }); return; }
     var url = '/v1/stream/probe?mode=' + mode + '&t=' + Date.now();
-    var t0 = now(), hello = null, finished = false;
+    var t0 = now(), hello = null, serverHttp = '', finished = false;
     var es = new EventSource(url);
     var finish = function (r) {
       if (finished) return;
@@ -41,12 +41,18 @@
       clearTimeout(timer);
       es.close();
       r.protocol = protocolOf(url);
+      r.serverHttp = serverHttp;
       done(r);
     };
     var timer = setTimeout(function () {
       finish({ state: hello === null ? 'blocked' : 'buffered', hello: hello });
     }, TIMEOUT_MS);
-    es.addEventListener('surepush.hello', function () { if (hello === null) hello = now() - t0; });
+    es.addEventListener('surepush.hello', function (e) {
+      if (hello === null) hello = now() - t0;
+      // the HTTP version the server saw (resource timing has no entry for a stream
+      // closed before its response ended, so the browser side is often unknown)
+      try { serverHttp = String(JSON.parse(e.data).http || ''); } catch (err) {}
+    });
     es.addEventListener('probe', function () {
       var probe = now() - t0;
       var late = hello === null || probe - hello > LATE_MS || hello > LATE_MS;
@@ -97,7 +103,12 @@
     $('r-browser').textContent = (window.EventSource ? 'EventSource available' : 'no EventSource') + '; ' + navigator.userAgent;
     sseProbe('stream', function (s) {
       show('r-stream', s.state, describe(s));
-      $('r-http').textContent = s.protocol ? 'protocol ' + s.protocol + ', ' + location.protocol.replace(':', '') : location.protocol.replace(':', '');
+      var conn = [];
+      if (s.serverHttp) conn.push('HTTP/' + s.serverHttp + ' at the server');
+      if (s.protocol) conn.push('protocol ' + s.protocol + ' from this browser');
+      conn.push(location.protocol.replace(':', ''));
+      $('r-http').textContent = conn.join(', ');
+      $('r-http').setAttribute('data-http', s.serverHttp || '');
       sseProbe('close', function (c) {
         show('r-close', c.state, describe(c));
         longPollProbe(function (l) {

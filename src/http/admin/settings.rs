@@ -73,7 +73,14 @@ async fn settings(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
             .unwrap_or_else(|_| st.config.data_dir.clone())
             .display()
             .to_string(),
-        listen: st.config.listen.to_string(),
+        listen: {
+            // port 0 asks the system for a port: show the one it gave
+            let mut a = st.config.listen;
+            if a.port() == 0 {
+                a.set_port(req.app_config().local_addr().port());
+            }
+            a.to_string()
+        },
         scheme: if st.config.insecure_http {
             "http"
         } else {
