@@ -11,7 +11,7 @@
 # 4. `cargo deb --no-build` and `cargo generate-rpm` read [package.metadata.deb] and
 #    [package.metadata.generate-rpm] of Cargo.toml, and this prints the sizes.
 #
-# Environment: SUREPUSH_PKG_SKIP_BUILD=1 reuses an existing release binary.
+# `--skip-build` reuses the existing release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +44,7 @@ ensure_tool cargo-deb "$CARGO_DEB_VERSION" deb
 ensure_tool cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION" generate-rpm
 
 # --- the one build -----------------------------------------------------------------
-if [ "${SUREPUSH_PKG_SKIP_BUILD:-}" != 1 ]; then
+if [ "${1:-}" != --skip-build ]; then
   say "cargo build --release --bin surepush"
   cargo build --release --locked --bin surepush
 fi
@@ -75,7 +75,7 @@ done
       -e "s|^data_dir = \"./surepush-data\"\$|data_dir = \"$PKG_DATA_DIR\"|" \
       -e '1{/^# surepush configuration\.$/d}' "$ref"
 } > "$stage/surepush.toml"
-"$bin" print-config --config "$stage/surepush.toml" > "$stage/print-config.txt" \
+env -u SUREPUSH_LISTEN -u SUREPUSH_DATA_DIR "$bin" print-config --config "$stage/surepush.toml" > "$stage/print-config.txt" \
   || fail "the packaged config does not load"
 grep -qxF "listen = \"$PKG_LISTEN\"" "$stage/print-config.txt" || fail "packaged listen not applied"
 grep -qxF "data_dir = \"$PKG_DATA_DIR\"" "$stage/print-config.txt" || fail "packaged data_dir not applied"
@@ -91,7 +91,7 @@ fill() { # template output mode
     $0 == "#COMMON#" { while ((getline l < common) > 0) print l; close(common); next }
     { print }' "$1" > "$2"
   chmod "$3" "$2"
-  grep -q '#COMMON#' "$2" && fail "$2: #COMMON# not replaced"
+  if grep -qx '#COMMON#' "$2"; then fail "$2: #COMMON# not replaced"; fi
   sh -n "$2" || fail "$2: shell syntax error"
 }
 for s in postinst prerm postrm; do fill "packaging/deb/$s" "$stage/deb/$s" 755; done

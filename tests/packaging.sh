@@ -17,11 +17,11 @@
 #   - the man pages render (`man -l`).
 # Nothing is installed on this machine: everything happens in temporary directories.
 #
-#   bash tests/packaging.sh
+#   bash tests/packaging.sh                 # [--skip-build: package the existing release binary]
 #
 # Needs root for the maintainer-script and temporary-root part (useradd --prefix,
 # chown); without root that part is skipped, except under CI (CI=true), where a missing
-# tool or privilege is a failure. tests/run.sh exports SUREPUSH_APT_UPDATED=1 once it has
+# tool or privilege is a failure. tests/run.sh exports TESTS_APT_UPDATED=1 once it has
 # run `apt-get update`, so the whole run updates at most once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,9 +48,9 @@ command -v useradd >/dev/null || need_apt+=(passwd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     say "installing ${need_apt[*]}"
-    if [ "${SUREPUSH_APT_UPDATED:-}" != 1 ]; then
+    if [ "${TESTS_APT_UPDATED:-}" != 1 ]; then
       apt-get update || fail "apt-get update failed"
-      export SUREPUSH_APT_UPDATED=1
+      export TESTS_APT_UPDATED=1
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need_apt[@]}" \
       || fail "could not install ${need_apt[*]}"
@@ -63,8 +63,10 @@ as_root=false
 if ! $as_root && ci; then fail "CI must run as root (maintainer scripts run against a temporary root)"; fi
 
 work=$(mktemp -d)
+chmod 0755 "$work" # the surepush user of the temporary root must reach its files
 server_pid=
 cleanup() {
+  [ -n "${KEEP_WORK:-}" ] && { echo "kept $work"; return; }
   if [ -n "$server_pid" ]; then kill -9 "$server_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
@@ -73,7 +75,7 @@ trap cleanup EXIT
 # --- build ---------------------------------------------------------------------------
 say "packaging/build.sh"
 t0=$SECONDS
-bash packaging/build.sh
+bash packaging/build.sh "$@"
 echo "(build.sh: $((SECONDS - t0)) s)"
 deb=$(ls target/packages/surepush_*.deb)
 rpm=$(ls target/packages/surepush-*.rpm)
@@ -117,7 +119,7 @@ ok "deb conffiles: /etc/surepush/surepush.toml"
 for s in postinst prerm postrm; do
   [ "$(stat -c %a "$work/control/$s")" = 755 ] || fail "deb: $s is not 0755"
   head -1 "$work/control/$s" | grep -qx '#!/bin/sh' || fail "deb: $s has no #!/bin/sh"
-  grep -q '#COMMON#' "$work/control/$s" && fail "deb: $s still has #COMMON#"
+  if grep -qx '#COMMON#' "$work/control/$s"; then fail "deb: $s still has #COMMON#"; fi
   sh -n "$work/control/$s" || fail "deb: $s: syntax"
 done
 [ ! -e "$work/control/preinst" ] || fail "deb: unexpected preinst"
@@ -128,7 +130,7 @@ ok "deb maintainer scripts: postinst, prerm, postrm (0755, sh, common part fille
 
 # ls -l style: mode owner/group ... ./path; directories are left out.
 dpkg-deb -c "$deb" | awk '$1 !~ /^d/ { p = $6; sub(/^\./, "", p); print $1, $2, p }' > "$work/deb-files"
-awk '$2 != "root/root" { print "not root/root: " $0 }' "$work/deb-files" | grep . && fail "deb: owners"
+if awk '$2 != "root/root" && $2 != "0/0" { print "not root: " $0 }' "$work/deb-files" | grep .; then fail "deb: owners"; fi
 awk '{ print $1, $3 }' "$work/deb-files" | grep -v ' /usr/share/doc/surepush/copyright$' | sort > "$work/deb-list"
 diff -u "$work/expected" "$work/deb-list" || fail "deb: files or modes differ from the expected list (above)"
 grep -q ' /usr/share/doc/surepush/copyright$' "$work/deb-files" || fail "deb: no copyright file"
@@ -144,7 +146,7 @@ echo "$qi" | grep -qE '^License +: Apache-2.0$' || fail "rpm: License"
 ok "rpm header: surepush-$version-1, Apache-2.0"
 # mode owner group ... path, directories left out
 rpm -qlvp "$rpm" 2>/dev/null | awk '$1 !~ /^d/ { print $1, $3, $4, $NF }' > "$work/rpm-files"
-awk '$2 != "root" || $3 != "root" { print "not root:root: " $0 }' "$work/rpm-files" | grep . && fail "rpm: owners"
+if awk '$2 != "root" || $3 != "root" { print "not root:root: " $0 }' "$work/rpm-files" | grep .; then fail "rpm: owners"; fi
 awk '{ print $1, $4 }' "$work/rpm-files" | sort > "$work/rpm-list"
 diff -u "$work/expected" "$work/rpm-list" || fail "rpm: files or modes differ from the expected list (above)"
 ok "rpm files: the .deb's list (less its copyright file), modes as expected, all root:root"
@@ -156,7 +158,7 @@ scripts=$(rpm -qp --scripts "$rpm" 2>/dev/null)
 for s in preinstall postinstall preuninstall postuninstall; do
   echo "$scripts" | grep -q "^$s scriptlet (using /bin/sh):" || fail "rpm: no $s scriptlet"
 done
-echo "$scripts" | grep -q '#COMMON#' && fail "rpm: a scriptlet still has #COMMON#"
+if echo "$scripts" | grep -qx '#COMMON#'; then fail "rpm: a scriptlet still has #COMMON#"; fi
 for tag in PREIN POSTIN PREUN POSTUN; do
   rpm -qp --qf "%{$tag}" "$rpm" 2>/dev/null > "$work/rpm-$tag.sh"
   sh -n "$work/rpm-$tag.sh" || fail "rpm $tag: syntax"
@@ -257,7 +259,8 @@ maint() { # script args...: runs a .deb maintainer script, its output into the t
   shift
   : > "$work/systemctl.log"
   printf '\n$ %s %s\n' "$s" "$*" >> "$work/transcript"
-  PATH=$stubs:$PATH sh "$work/control/$s" "$@" > "$work/out" 2>&1 || { cat "$work/out"; fail "$s $* failed"; }
+  PATH=$stubs:$PATH DPKG_MAINTSCRIPT_PACKAGE=surepush DPKG_MAINTSCRIPT_NAME=$s \
+    sh "$work/control/$s" "$@" > "$work/out" 2>&1 || { cat "$work/out"; fail "$s $* failed"; }
   cat "$work/out" >> "$work/transcript"
   sed 's/^/  | /' "$work/systemctl.log" >> "$work/transcript"
 }
@@ -299,8 +302,8 @@ ok "postinst again: idempotent (same user, same files)"
 
 # 3. the packaged binary with the packaged config, as the surepush user
 say "serve from the temporary root"
-as_surepush() { setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"; }
-(cd / && as_surepush "$root/usr/bin/surepush" serve --config "$conf") > "$work/serve.log" 2>&1 &
+(cd / && exec setpriv --reuid="$uid" --regid="$gid" --clear-groups -- \
+  "$root/usr/bin/surepush" serve --config "$conf") > "$work/serve.log" 2>&1 &
 server_pid=$!
 port=
 for _ in $(seq 1 100); do
@@ -344,14 +347,14 @@ touch "$work/active"
 maint postinst configure 0.0.1-1
 grep -qx 'systemctl try-restart surepush.service' "$work/systemctl.log" \
   || { cat "$work/systemctl.log"; fail "upgrade of a running server: no try-restart"; }
-grep -q ' start ' "$work/systemctl.log" && fail "upgrade started a second copy"
+if grep -q ' start ' "$work/systemctl.log"; then fail "upgrade started a second copy"; fi
 grep -q 'init. not needed' "$work/out" || fail "upgrade of a running server ran init"
 ok "postinst (upgrade, running): try-restart only, no init while the server holds the data"
 
 rm -f "$work/active"
 maint postinst configure 0.0.1-1
 grep -qx 'systemctl try-restart surepush.service' "$work/systemctl.log" || fail "upgrade (stopped): no try-restart"
-grep -q ' start ' "$work/systemctl.log" && fail "upgrade started a stopped server"
+if grep -q ' start ' "$work/systemctl.log"; then fail "upgrade started a stopped server"; fi
 grep -q 'is not running; start it with' "$work/out" || fail "upgrade (stopped): no hint"
 ok "postinst (upgrade, stopped): try-restart (starts nothing), a hint"
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, then runs every check and test of the project:
 # formatting, clippy, unit tests, and the integration suites in tests/ (real TLS server on
-# 127.0.0.1, hostile proxy, SIGKILL crash rounds, slow consumers, the CLI as a process).
+# 127.0.0.1, hostile proxy, SIGKILL crash rounds, slow consumers, the CLI as a process),
+# then the packages (tests/packaging.sh).
 #
 #   bash tests/run.sh
 #
@@ -25,6 +26,7 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     say "installing chromium and chromium-driver"
     apt-get update || fail "apt-get update failed"
+    export TESTS_APT_UPDATED=1 # tests/packaging.sh then installs without updating again
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver \
       || fail "could not install chromium and chromium-driver"
   elif [ "${CI:-}" = true ]; then
@@ -47,3 +49,9 @@ cargo build --all-targets --locked
 say "tests"
 # Test binaries run one after another; tests inside each run in parallel.
 cargo test --all-targets --locked -- --test-threads="${SUREPUSH_TEST_THREADS:-4}"
+
+say "packages"
+# Builds the .deb and .rpm from a release build (packaging/build.sh) and checks them: files,
+# modes, conffiles, scripts, the unit, man pages, and the packaged binary run from a
+# temporary root (init, serve, SIGHUP, SIGTERM). Installs rpm/systemd/man-db if missing.
+bash tests/packaging.sh
