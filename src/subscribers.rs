@@ -106,11 +106,16 @@ impl Registry {
         (all, total)
     }
 
-    /// Whether any subscriber watches a topic given exactly (as the dashboard does).
-    pub fn watches(&self, topic: &str) -> bool {
+    /// How many subscribers follow a topic given exactly (as the dashboard does).
+    pub fn watchers(&self, topic: &str) -> usize {
         self.lock()
             .values()
-            .any(|e| e.info.topics.iter().any(|t| t == topic))
+            .filter(|e| e.info.topics.iter().any(|t| t == topic))
+            .count()
+    }
+
+    pub fn watches(&self, topic: &str) -> bool {
+        self.watchers(topic) > 0
     }
 
     /// Ends one subscriber's request. Its client reconnects as it would after any

@@ -123,8 +123,9 @@
     setText('head', s.head_id);
     setText('retention-deleted', s.retention_deleted);
     setText('slow', s.slow_consumer_disconnects);
+    var NAMES = { sse_stream: 'SSE stream', sse_close: 'SSE close', longpoll: 'long poll', poll: 'poll' };
     fillTable('connections', (s.connections || []).map(function (c) {
-      return [c.transport, c.http, c.count];
+      return [NAMES[c.transport] || c.transport, c.http, c.count];
     }), 'connections-empty');
     fillTable('fallbacks', (s.fallbacks || []).map(function (f) {
       return [f.reason, f.count];

@@ -22,6 +22,8 @@ pub struct Admin {
     /// Events the server published to its own topics (the dashboard's statistics), so
     /// the dashboard can show clients' events apart from them.
     pub internal_events: AtomicU64,
+    /// Deliveries of those events (one per watching subscriber).
+    pub internal_deliveries: AtomicU64,
 }
 
 impl Admin {
@@ -37,6 +39,7 @@ impl Admin {
                 Duration::from_secs(cfg.lockout_secs),
             ),
             internal_events: AtomicU64::new(0),
+            internal_deliveries: AtomicU64::new(0),
         })
     }
 }

@@ -48,16 +48,6 @@ struct Notice {
     gone: Option<u64>,
 }
 
-fn transport_name(t: &str) -> &'static str {
-    match t {
-        "sse_stream" => "SSE stream",
-        "sse_close" => "SSE close",
-        "longpoll" => "long poll",
-        "poll" => "poll",
-        _ => "other",
-    }
-}
-
 async fn list(
     req: HttpRequest,
     st: web::Data<AppState>,
@@ -80,7 +70,7 @@ async fn list(
                 .subject
                 .clone()
                 .unwrap_or_else(|| "(no token)".into()),
-            transport: transport_name(e.info.transport),
+            transport: super::transport_name(e.info.transport),
             http: e.info.http,
             topics: e.info.topics.join(" "),
             since: when(e.info.since_ms),

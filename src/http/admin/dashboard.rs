@@ -36,6 +36,12 @@ pub struct ConnCount {
     pub count: u64,
 }
 
+impl ConnCount {
+    pub fn transport_name(&self) -> &str {
+        super::transport_name(&self.transport)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ReasonCount {
     pub reason: String,
@@ -59,7 +65,8 @@ pub struct Stats {
     pub connections: Vec<ConnCount>,
     pub connections_total: u64,
     pub fallbacks: Vec<ReasonCount>,
-    /// Events clients published (the dashboard's own snapshots are not counted).
+    /// Events clients published and deliveries of them (the dashboard's own snapshots
+    /// are not counted; their deliveries are estimated as one per watcher).
     pub published: u64,
     pub delivered: u64,
     pub queues: Vec<QueueRow>,
@@ -135,7 +142,7 @@ pub async fn snapshot(st: &AppState) -> Result<Stats, AdminError> {
         connections,
         fallbacks,
         published: published.saturating_sub(st.admin.internal_events.load(Ordering::Relaxed)),
-        delivered,
+        delivered: delivered.saturating_sub(st.admin.internal_deliveries.load(Ordering::Relaxed)),
         queues,
         storage_bytes,
         head_id: st.log.id(st.log.head()).to_string(),
@@ -164,7 +171,8 @@ pub async fn stats_loop(st: AppState) {
         if *st.shutdown.borrow() {
             return;
         }
-        if !st.subscribers.watches(STATS_TOPIC) {
+        let watchers = st.subscribers.watchers(STATS_TOPIC);
+        if watchers == 0 {
             continue;
         }
         let stats = match snapshot(&st).await {
@@ -178,6 +186,9 @@ pub async fn stats_loop(st: AppState) {
             continue;
         };
         st.admin.internal_events.fetch_add(1, Ordering::Relaxed);
+        st.admin
+            .internal_deliveries
+            .fetch_add(watchers as u64, Ordering::Relaxed);
         let event = NewEvent {
             topic: topic.clone(),
             kind: STATS_TYPE.to_string(),

@@ -168,6 +168,17 @@ pub fn html(body: String) -> HttpResponse {
         .body(body)
 }
 
+/// A transport's metric label as people say it.
+pub fn transport_name(label: &str) -> &str {
+    match label {
+        "sse_stream" => "SSE stream",
+        "sse_close" => "SSE close",
+        "longpoll" => "long poll",
+        "poll" => "poll",
+        other => other,
+    }
+}
+
 /// `1234567` -> "1 234 567" (thin grouping for tables).
 pub fn group(n: u64) -> String {
     let s = n.to_string();
