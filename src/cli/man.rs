@@ -17,7 +17,8 @@ Configuration of a packaged install (every key optional; the file lists each def
 .TP
 \fI/var/lib/surepush\fR
 Data directory of a packaged install: the database (\fIdb/\fR), the self\-signed certificate
-(\fItls/cert.pem\fR, \fItls/key.pem\fR), the token signing key (\fIsigning.key\fR).
+(\fItls/cert.pem\fR, \fItls/key.pem\fR), the token signing key (\fIsigning.key\fR), the admin
+users (\fIadmin\-users.json\fR) and the first admin password (\fIinitial\-admin\-password\fR).
 .TP
 \fI/usr/share/doc/surepush\fR
 Operations guide and reverse\-proxy examples.
