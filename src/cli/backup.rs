@@ -162,6 +162,10 @@ fn restore_blocking(config: &Config, from: &Path) -> anyhow::Result<()> {
             restored.migration.steps.join("; ")
         );
     }
+    println!(
+        "  new events start at seq {}: ids {}..{} are left unused, so a client holding an id the old server issued after the backup is reset instead of skipping events",
+        restored.gap.1, restored.gap.0, restored.gap.1
+    );
     for n in notes {
         println!("  {n}");
     }

@@ -476,6 +476,9 @@ pub struct Restored {
     pub files: Vec<(String, Vec<u8>)>,
     /// The schema steps run on the restored database.
     pub migration: migrate::Opened,
+    /// Seqs `[from, to)` skipped so that ids the backed-up server issued after the
+    /// backup are never reused; new events start at `to`.
+    pub gap: (u64, u64),
 }
 
 /// Writes a verified backup's trees into a new database at `db_dir` (which must not hold
@@ -526,11 +529,13 @@ pub fn restore_db(path: &Path, db_dir: &Path) -> Result<Restored, StoreError> {
     db.flush()?;
     let log = db.open_tree(LOG_TREE)?;
     let migration = migrate::upgrade(&db, &log)?;
+    let gap = super::meta::open_restore_gap(&log)?;
     db.flush()?;
     Ok(Restored {
         summary,
         files,
         migration,
+        gap,
     })
 }
 

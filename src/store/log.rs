@@ -73,6 +73,8 @@ pub(super) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Workers waiting to lease, per queue.
     pub job_waiters: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Seq ranges `[from, to)` a restore skipped (see `meta::RESTORE_GAP_PREFIX`).
+    pub restore_gaps: Vec<(u64, u64)>,
 }
 
 impl Shared {
@@ -133,12 +135,8 @@ impl EventLog {
         // New database: markers; older schema: migrated; newer: refused.
         migrate::upgrade(&db, &tree)?;
         let epoch = meta::get_u64(&tree, meta::EPOCH)?.unwrap_or(0) as u32;
-        let mut next_seq = meta::get_u64(&tree, meta::NEXT_SEQ)?.unwrap_or(1).max(1);
-        if let Some((k, _)) = tree.scan_prefix([keys::EVENT]).next_back().transpose()? {
-            if let Some(last) = keys::event_seq(&k) {
-                next_seq = next_seq.max(last + 1);
-            }
-        }
+        let next_seq = meta::next_seq(&tree)?;
+        let restore_gaps = meta::restore_gaps(&tree)?;
         let max_trimmed = meta::get_u64(&tree, meta::MAX_TRIMMED)?.unwrap_or(0);
         let recent = load_recent(&tree, epoch, config.recent_events_in_memory)?;
         let over_limit = topics_over(&tree, config.retention_max_events_per_topic)?;
@@ -154,6 +152,7 @@ impl EventLog {
             hub,
             metrics,
             job_waiters: Mutex::new(std::collections::HashMap::new()),
+            restore_gaps,
         });
         let (tx, rx) = mpsc::channel();
         let thread = writer::spawn(shared.clone(), rx, next_seq, config)?;
@@ -340,6 +339,19 @@ impl EventLog {
             // never issued by this database
             return Ok(Resume {
                 cursor: head,
+                reset: true,
+            });
+        }
+        if let Some(&(_, to)) = self
+            .shared
+            .restore_gaps
+            .iter()
+            .find(|(from, to)| (*from..*to).contains(&seq))
+        {
+            // issued by the server this database was restored from, after its backup:
+            // those events are gone; go on with everything issued since the restore
+            return Ok(Resume {
+                cursor: to - 1,
                 reset: true,
             });
         }

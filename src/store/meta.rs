@@ -48,6 +48,54 @@ pub const SCHEMA: &str = "schema";
 pub const MAX_TRIMMED: &str = "max_trimmed";
 pub const PROBE: &str = "probe";
 
+/// `restore_gap/<from>` -> to: seqs in `[from, to)` were never issued by this database's
+/// line. A restore leaves such a gap after the backup's head, so ids the lost server
+/// issued after the backup are never reused: a client holding one is told to reset.
+pub const RESTORE_GAP_PREFIX: &str = "restore_gap/";
+/// Seqs skipped by a restore: more than any server issues between a backup and its loss.
+pub const RESTORE_GAP: u64 = 1 << 32;
+
+pub fn restore_gap_key(from: u64) -> Vec<u8> {
+    let mut k = keys::meta(RESTORE_GAP_PREFIX);
+    k.extend_from_slice(&from.to_be_bytes());
+    k
+}
+
+/// Every restore gap, in order.
+pub fn restore_gaps(tree: &sled::Tree) -> Result<Vec<(u64, u64)>, sled::Error> {
+    let prefix = keys::meta(RESTORE_GAP_PREFIX);
+    let mut out = Vec::new();
+    for kv in tree.scan_prefix(&prefix) {
+        let (k, v) = kv?;
+        if k.len() == prefix.len() + 8 && v.len() == 8 {
+            out.push((keys::be_u64(&k[prefix.len()..]), keys::be_u64(&v)));
+        }
+    }
+    Ok(out)
+}
+
+/// The next seq this database would issue (the larger of the marker and the last event).
+pub fn next_seq(tree: &sled::Tree) -> Result<u64, sled::Error> {
+    let mut next = get_u64(tree, NEXT_SEQ)?.unwrap_or(1).max(1);
+    if let Some((k, _)) = tree.scan_prefix([keys::EVENT]).next_back().transpose()? {
+        if let Some(last) = keys::event_seq(&k) {
+            next = next.max(last + 1);
+        }
+    }
+    Ok(next)
+}
+
+/// Records a restore gap after the current head and moves `next_seq` past it.
+pub fn open_restore_gap(tree: &sled::Tree) -> Result<(u64, u64), sled::Error> {
+    let from = next_seq(tree)?;
+    let to = from.saturating_add(RESTORE_GAP);
+    let mut b = sled::Batch::default();
+    b.insert(restore_gap_key(from), &to.to_be_bytes());
+    b.insert(keys::meta(NEXT_SEQ), &to.to_be_bytes());
+    tree.apply_batch(b)?;
+    Ok((from, to))
+}
+
 pub fn get_u64(tree: &sled::Tree, name: &str) -> Result<Option<u64>, sled::Error> {
     Ok(tree
         .get(keys::meta(name))?
