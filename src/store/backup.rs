@@ -88,8 +88,18 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A tree record; the log tree comes twice in a backup taken while serving (its
+    /// events and index last), and is listed once.
+    fn enter_tree(&mut self, name: &[u8]) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if !self.trees.iter().any(|t| t.name == name) {
+            self.trees.push(TreeCount { name, pairs: 0 });
+        }
+    }
+
     fn count(&mut self, tree: &[u8], key: &[u8]) {
-        if let Some(t) = self.trees.last_mut() {
+        let name = String::from_utf8_lossy(tree);
+        if let Some(t) = self.trees.iter_mut().rev().find(|t| t.name == name) {
             t.pairs += 1;
         }
         if tree == LOG_TREE.as_bytes() && key.len() == 9 {
@@ -133,78 +143,153 @@ fn put_bytes32(w: &mut impl Write, b: &[u8]) -> io::Result<()> {
     w.write_all(b)
 }
 
+/// A snapshot being written, in two phases. `begin` writes the header and every tree
+/// except the log's events and their index entries, and must run while nothing writes
+/// (on the writer thread, or on an exclusively opened database): that is the cut.
+/// `events_upto` then copies the events and index entries up to the cut's head, which
+/// can run while the server goes on writing, because both are immutable once written
+/// and retention is held off meanwhile (`Shared::retention_hold`); `finish` adds the
+/// side files and the checksum.
+pub struct Snapshot<W: Write> {
+    w: HashWriter<W>,
+    s: Summary,
+}
+
+/// Keys of the log tree that `events_upto` copies: events and the per-topic index.
+fn is_event_data(key: &[u8]) -> bool {
+    matches!(key.first(), Some(&keys::EVENT) | Some(&keys::INDEX))
+}
+
+fn io_err(e: io::Error) -> StoreError {
+    StoreError::from(BackupError::Io(e))
+}
+
+impl<W: Write> Snapshot<W> {
+    pub fn begin(db: &sled::Db, out: W) -> Result<Snapshot<W>, StoreError> {
+        let names = {
+            let mut n = db.tree_names();
+            n.sort();
+            n
+        };
+        if !names.iter().any(|n| n == LOG_TREE.as_bytes()) {
+            return Err(BackupError::NoDatabase(PathBuf::new()).into());
+        }
+        let schema = migrate::schema_of(&db.open_tree(LOG_TREE)?)?
+            .ok_or_else(|| BackupError::NoDatabase(PathBuf::new()))?;
+        migrate::check_readable(schema)?;
+        let mut w = HashWriter {
+            inner: out,
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        };
+        let s = Summary {
+            format: FORMAT_VERSION,
+            schema,
+            created_ms: now_ms(),
+            version: migrate::VERSION.to_string(),
+            ..Summary::default()
+        };
+        w.write_all(MAGIC).map_err(io_err)?;
+        w.write_all(&FORMAT_VERSION.to_be_bytes()).map_err(io_err)?;
+        w.write_all(&schema.to_be_bytes()).map_err(io_err)?;
+        w.write_all(&s.created_ms.to_be_bytes()).map_err(io_err)?;
+        w.write_all(&(s.version.len() as u16).to_be_bytes())
+            .map_err(io_err)?;
+        w.write_all(s.version.as_bytes()).map_err(io_err)?;
+        let mut snap = Snapshot { w, s };
+        for name in names {
+            let tree = db.open_tree(&name)?;
+            snap.tree_record(&name)?;
+            if name == LOG_TREE.as_bytes() {
+                // around the event and index key ranges, without walking them
+                let (e, i) = (vec![keys::EVENT], vec![keys::INDEX]);
+                let ranges = [
+                    tree.range(..e.clone()),
+                    tree.range(vec![keys::EVENT + 1]..i.clone()),
+                    tree.range(vec![keys::INDEX + 1]..),
+                ];
+                for kv in ranges.into_iter().flatten() {
+                    let (k, v) = kv?;
+                    debug_assert!(!is_event_data(&k));
+                    snap.pair(&name, &k, &v)?;
+                }
+            } else {
+                for kv in tree.iter() {
+                    let (k, v) = kv?;
+                    snap.pair(&name, &k, &v)?;
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    fn tree_record(&mut self, name: &[u8]) -> Result<(), StoreError> {
+        self.w.write_all(&[TREE]).map_err(io_err)?;
+        put_bytes32(&mut self.w, name).map_err(io_err)?;
+        self.s.records += 1;
+        self.s.enter_tree(name);
+        Ok(())
+    }
+
+    fn pair(&mut self, tree: &[u8], k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+        self.w.write_all(&[PAIR]).map_err(io_err)?;
+        put_bytes32(&mut self.w, k).map_err(io_err)?;
+        put_bytes32(&mut self.w, v).map_err(io_err)?;
+        self.s.records += 1;
+        self.s.count(tree, k);
+        Ok(())
+    }
+
+    /// The log's events and index entries with seq at most `head`.
+    pub fn events_upto(&mut self, db: &sled::Db, head: u64) -> Result<(), StoreError> {
+        let log = db.open_tree(LOG_TREE)?;
+        let name = LOG_TREE.as_bytes();
+        self.tree_record(name)?;
+        for kv in log.range(keys::event(0)..=keys::event(head)) {
+            let (k, v) = kv?;
+            self.pair(name, &k, &v)?;
+        }
+        for kv in log.scan_prefix([keys::INDEX]) {
+            let (k, v) = kv?;
+            if keys::index_seq(&k).is_some_and(|seq| seq <= head) {
+                self.pair(name, &k, &v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Side files, the end record and the checksum.
+    pub fn finish(mut self, files: &[(String, Vec<u8>)]) -> Result<Summary, StoreError> {
+        let (w, s) = (&mut self.w, &mut self.s);
+        for (name, data) in files {
+            w.write_all(&[FILE]).map_err(io_err)?;
+            put_bytes32(w, name.as_bytes()).map_err(io_err)?;
+            w.write_all(&(data.len() as u64).to_be_bytes())
+                .map_err(io_err)?;
+            w.write_all(data).map_err(io_err)?;
+            s.records += 1;
+            s.files.push((name.clone(), data.len() as u64));
+        }
+        w.write_all(&[END]).map_err(io_err)?;
+        w.write_all(&s.records.to_be_bytes()).map_err(io_err)?;
+        let crc = w.crc.clone().finalize();
+        w.write_all(&crc.to_be_bytes()).map_err(io_err)?;
+        w.flush().map_err(io_err)?;
+        s.bytes = w.bytes;
+        Ok(std::mem::take(s))
+    }
+}
+
 /// Writes every tree of `db` and the given side files. The caller makes sure nothing
-/// writes to `db` meanwhile (the writer thread, or an exclusively opened database).
+/// writes to `db` meanwhile (an exclusively opened database).
 pub fn write_snapshot<W: Write>(
     db: &sled::Db,
     files: &[(String, Vec<u8>)],
     out: W,
 ) -> Result<Summary, StoreError> {
-    let names = {
-        let mut n = db.tree_names();
-        n.sort();
-        n
-    };
-    if !names.iter().any(|n| n == LOG_TREE.as_bytes()) {
-        return Err(BackupError::NoDatabase(PathBuf::new()).into());
-    }
-    let schema = migrate::schema_of(&db.open_tree(LOG_TREE)?)?
-        .ok_or_else(|| BackupError::NoDatabase(PathBuf::new()))?;
-    migrate::check_readable(schema)?;
-    let mut w = HashWriter {
-        inner: out,
-        crc: crc32fast::Hasher::new(),
-        bytes: 0,
-    };
-    let mut s = Summary {
-        format: FORMAT_VERSION,
-        schema,
-        created_ms: now_ms(),
-        version: migrate::VERSION.to_string(),
-        ..Summary::default()
-    };
-    let io = |e: io::Error| StoreError::from(BackupError::Io(e));
-    w.write_all(MAGIC).map_err(io)?;
-    w.write_all(&FORMAT_VERSION.to_be_bytes()).map_err(io)?;
-    w.write_all(&schema.to_be_bytes()).map_err(io)?;
-    w.write_all(&s.created_ms.to_be_bytes()).map_err(io)?;
-    w.write_all(&(s.version.len() as u16).to_be_bytes())
-        .map_err(io)?;
-    w.write_all(s.version.as_bytes()).map_err(io)?;
-    for name in names {
-        let tree = db.open_tree(&name)?;
-        w.write_all(&[TREE]).map_err(io)?;
-        put_bytes32(&mut w, &name).map_err(io)?;
-        s.records += 1;
-        s.trees.push(TreeCount {
-            name: String::from_utf8_lossy(&name).into_owned(),
-            pairs: 0,
-        });
-        for kv in tree.iter() {
-            let (k, v) = kv?;
-            w.write_all(&[PAIR]).map_err(io)?;
-            put_bytes32(&mut w, &k).map_err(io)?;
-            put_bytes32(&mut w, &v).map_err(io)?;
-            s.records += 1;
-            s.count(&name, &k);
-        }
-    }
-    for (name, data) in files {
-        w.write_all(&[FILE]).map_err(io)?;
-        put_bytes32(&mut w, name.as_bytes()).map_err(io)?;
-        w.write_all(&(data.len() as u64).to_be_bytes())
-            .map_err(io)?;
-        w.write_all(data).map_err(io)?;
-        s.records += 1;
-        s.files.push((name.clone(), data.len() as u64));
-    }
-    w.write_all(&[END]).map_err(io)?;
-    w.write_all(&s.records.to_be_bytes()).map_err(io)?;
-    let crc = w.crc.clone().finalize();
-    w.write_all(&crc.to_be_bytes()).map_err(io)?;
-    w.flush().map_err(io)?;
-    s.bytes = w.bytes;
-    Ok(s)
+    let mut snap = Snapshot::begin(db, out)?;
+    snap.events_upto(db, u64::MAX)?;
+    snap.finish(files)
 }
 
 /// Reads the side files that exist (a missing one is left out).
@@ -246,6 +331,79 @@ pub fn snapshot_to_file(
         Err(e) => {
             let _ = std::fs::remove_file(path);
             Err(e)
+        }
+    }
+}
+
+/// A backup taken while serving, between its cut (on the writer thread) and its end.
+pub struct OnlineSnapshot {
+    snap: Snapshot<BufWriter<std::fs::File>>,
+    files: Vec<(String, Vec<u8>)>,
+    path: PathBuf,
+    /// The newest event in the backup.
+    pub head: u64,
+    /// How long writes were held for the cut.
+    pub pause_ms: u64,
+}
+
+impl std::fmt::Debug for OnlineSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineSnapshot")
+            .field("path", &self.path)
+            .field("head", &self.head)
+            .finish()
+    }
+}
+
+/// The cut: run with no write in progress (the writer thread does), `head` being the
+/// newest durable event. Writes everything but the events into a new file (0600) at `path`.
+pub fn begin_online(
+    db: &sled::Db,
+    path: &Path,
+    files: &[(String, PathBuf)],
+    head: u64,
+) -> Result<OnlineSnapshot, StoreError> {
+    let start = Instant::now();
+    let result = (|| {
+        let files = read_files(files)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(BackupError::Io)?;
+        let snap = Snapshot::begin(db, BufWriter::with_capacity(1 << 20, f))?;
+        Ok(OnlineSnapshot {
+            snap,
+            files,
+            path: path.to_path_buf(),
+            head,
+            pause_ms: start.elapsed().as_millis() as u64,
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+impl OnlineSnapshot {
+    /// The events up to the cut and the end; runs while the server writes (retention
+    /// must be held off). Removes the file on failure.
+    pub fn finish(mut self, db: &sled::Db) -> Result<Summary, StoreError> {
+        let result = self
+            .snap
+            .events_upto(db, self.head)
+            .and_then(|_| self.snap.finish(&self.files));
+        match result {
+            Ok(mut s) => {
+                s.pause_ms = self.pause_ms;
+                Ok(s)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.path);
+                Err(e)
+            }
         }
     }
 }
@@ -375,10 +533,7 @@ pub fn read<R: Read>(
             TREE => {
                 let name = r.vec32("a tree record")?;
                 s.records += 1;
-                s.trees.push(TreeCount {
-                    name: String::from_utf8_lossy(&name).into_owned(),
-                    pairs: 0,
-                });
+                s.enter_tree(&name);
                 tree = Some(name.clone());
                 each(Item::Tree(name))?;
             }
@@ -566,6 +721,57 @@ mod tests {
         let files = vec![(ADMIN_USERS.to_string(), b"{\"users\":[]}".to_vec())];
         let s = write_snapshot(&db, &files, &mut out).unwrap();
         (out, s)
+    }
+
+    #[test]
+    fn online_snapshot_has_exactly_the_cut_though_writes_go_on() {
+        let db = sample_db();
+        let log = db.open_tree(LOG_TREE).unwrap();
+        for seq in 1..=50u64 {
+            log.insert(keys::index("t", seq), b"".as_slice()).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        let cut = begin_online(&db, &path, &[], 50).unwrap();
+        // after the cut: new events, index entries and a new job; none may be in it
+        for seq in 51..=60u64 {
+            log.insert(keys::event(seq), b"later".as_slice()).unwrap();
+            log.insert(keys::index("t", seq), b"".as_slice()).unwrap();
+        }
+        log.insert(jobs::job_key(2), b"{}".as_slice()).unwrap();
+        let written = cut.finish(&db).unwrap();
+        assert_eq!(written.events, 50);
+        assert_eq!(written.jobs, 1);
+        let bytes = std::fs::read(&path).unwrap();
+        let mut index = 0;
+        let mut events = Vec::new();
+        let read_back = read(&bytes[..], |item| {
+            if let Item::Pair(k, _) = item {
+                if k[0] == keys::INDEX {
+                    index += 1;
+                    assert!(keys::index_seq(&k).unwrap() <= 50);
+                }
+                if let Some(seq) = keys::event_seq(&k) {
+                    events.push(seq);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(index, 50);
+        assert_eq!(events, (1..=50).collect::<Vec<_>>());
+        assert_eq!(
+            read_back.trees, written.trees,
+            "the log tree is listed once"
+        );
+        assert_eq!(
+            read_back
+                .trees
+                .iter()
+                .filter(|t| t.name == LOG_TREE)
+                .count(),
+            1
+        );
     }
 
     #[test]

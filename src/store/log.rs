@@ -75,6 +75,8 @@ pub(super) struct Shared {
     pub job_waiters: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Seq ranges `[from, to)` a restore skipped (see `meta::RESTORE_GAP_PREFIX`).
     pub restore_gaps: Vec<(u64, u64)>,
+    /// Backups copying events right now: retention deletes nothing while above zero.
+    pub retention_hold: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
@@ -153,6 +155,7 @@ impl EventLog {
             metrics,
             job_waiters: Mutex::new(std::collections::HashMap::new()),
             restore_gaps,
+            retention_hold: std::sync::atomic::AtomicU32::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let thread = writer::spawn(shared.clone(), rx, next_seq, config)?;
@@ -226,8 +229,23 @@ impl EventLog {
         path: std::path::PathBuf,
         files: Vec<(String, std::path::PathBuf)>,
     ) -> Result<backup::Summary, StoreError> {
-        self.send(|reply| WriteCmd::Backup { path, files, reply })
-            .await
+        // Events are immutable once written and only retention deletes them: while it is
+        // held off, the events up to the cut can be copied while the server writes on.
+        struct Hold(Arc<Shared>);
+        impl Drop for Hold {
+            fn drop(&mut self) {
+                self.0.retention_hold.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.shared.retention_hold.fetch_add(1, Ordering::AcqRel);
+        let hold = Hold(self.shared.clone());
+        let cut = self
+            .send(|reply| WriteCmd::Backup { path, files, reply })
+            .await?;
+        let shared = self.shared.clone();
+        let summary = blocking(move || cut.finish(&shared.db)).await;
+        drop(hold);
+        summary
     }
 
     /// Runs one job operation on the writer; resolves once it is durable.

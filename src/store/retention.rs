@@ -148,6 +148,15 @@ pub(super) fn run(
     now_ms: u64,
 ) -> Result<RetentionReport, StoreError> {
     let mut report = RetentionReport::default();
+    if shared
+        .retention_hold
+        .load(std::sync::atomic::Ordering::Acquire)
+        > 0
+    {
+        // a backup is copying events: the next pass catches up
+        tracing::debug!("retention held while a backup copies events");
+        return Ok(report);
+    }
     let limit = policy.max_work.max(1);
     // Each phase commits before the next reads, so no event is deleted twice.
     let mut used = 0;

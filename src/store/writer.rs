@@ -42,12 +42,13 @@ pub(super) enum WriteCmd {
         op: JobOp,
         reply: Reply<JobReply>,
     },
-    /// A consistent snapshot: runs after the group's writes are flushed, before the next
-    /// group, so no write is half in it.
+    /// The cut of a consistent snapshot: runs after the group's writes are flushed,
+    /// before the next group, so no write is half in it. Everything but the events is
+    /// copied here; the events up to the cut's head are copied after, off this thread.
     Backup {
         path: std::path::PathBuf,
         files: Vec<(String, std::path::PathBuf)>,
-        reply: Reply<super::backup::Summary>,
+        reply: Reply<super::backup::OnlineSnapshot>,
     },
 }
 
@@ -218,7 +219,8 @@ impl Writer {
                     let _ = reply.send(r);
                 }
                 WriteCmd::Backup { path, files, reply } => {
-                    let r = super::backup::snapshot_to_file(&self.shared.db, &path, &files);
+                    let head = self.shared.head.load(std::sync::atomic::Ordering::Acquire);
+                    let r = super::backup::begin_online(&self.shared.db, &path, &files, head);
                     let _ = reply.send(r);
                 }
                 WriteCmd::Publish { .. } | WriteCmd::Job { .. } => {}
