@@ -5,16 +5,52 @@
 //! Subscribers are indexed by pattern shape, so a publish to `users/42` wakes only the
 //! subscribers of `users/42`, `users/*`, `users/**` and `**`: an idle subscriber is
 //! never woken by other topics' traffic.
+//!
+//! Wake-ups are handed out per worker thread: the writer thread does not wake thousands
+//! of subscriber tasks one by one (each a cross-thread schedule with an eventfd write on
+//! a current-thread runtime), it gives each worker's dispatcher task the list of its
+//! subscribers to wake, with one cross-thread wake per worker; the dispatcher then wakes
+//! them locally. A subscription made outside a runtime is woken directly.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::ThreadId;
 
 use tokio::sync::Notify;
 
 use crate::model::{Pattern, Topic};
 
-type Waiters = HashMap<String, HashMap<u64, Arc<Notify>>>;
+/// A subscriber's wake-up and, when it was made on a runtime, its thread's dispatcher.
+#[derive(Clone)]
+struct Waiter {
+    notify: Arc<Notify>,
+    dispatcher: Option<Arc<Dispatcher>>,
+}
+
+type Waiters = HashMap<String, HashMap<u64, Waiter>>;
+
+/// Wakes, on its own worker thread, the subscribers the writer hands it.
+#[derive(Default)]
+struct Dispatcher {
+    pending: Mutex<Vec<Arc<Notify>>>,
+    wake: Notify,
+}
+
+impl Dispatcher {
+    async fn run(self: Arc<Self>) {
+        let mut batch = Vec::new();
+        loop {
+            self.wake.notified().await;
+            if let Ok(mut p) = self.pending.lock() {
+                std::mem::swap(&mut *p, &mut batch);
+            }
+            for n in batch.drain(..) {
+                n.notify_one();
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 struct Registry {
@@ -37,6 +73,8 @@ impl Registry {
 pub struct Hub {
     registry: RwLock<Registry>,
     next_id: AtomicU64,
+    /// One per thread that subscribed from inside a tokio runtime.
+    dispatchers: Mutex<HashMap<ThreadId, Arc<Dispatcher>>>,
 }
 
 /// A registration; dropping it unregisters.
@@ -82,6 +120,10 @@ impl Hub {
     pub fn subscribe(self: &Arc<Self>, patterns: &[Pattern]) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
+        let waiter = Waiter {
+            notify: notify.clone(),
+            dispatcher: self.dispatcher(),
+        };
         let mut unique: Vec<Pattern> = Vec::with_capacity(patterns.len());
         for p in patterns {
             if !unique.contains(p) {
@@ -97,7 +139,7 @@ impl Hub {
                 let (map, key) = reg.map_for(p);
                 map.entry(key.to_string())
                     .or_default()
-                    .insert(id, notify.clone());
+                    .insert(id, waiter.clone());
             }
         }
         Subscription {
@@ -108,15 +150,41 @@ impl Hub {
         }
     }
 
+    /// This thread's dispatcher, started on first use; None outside a runtime.
+    fn dispatcher(&self) -> Option<Arc<Dispatcher>> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let mut map = match self.dispatchers.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let d = map
+            .entry(std::thread::current().id())
+            .or_insert_with(|| {
+                let d = Arc::new(Dispatcher::default());
+                rt.spawn(d.clone().run());
+                d
+            })
+            .clone();
+        Some(d)
+    }
+
     /// Wakes every subscriber whose patterns match one of these topics.
     pub fn notify<'a>(&self, topics: impl IntoIterator<Item = &'a Topic>) {
         let reg = match self.registry.read() {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let wake = |w: Option<&HashMap<u64, Arc<Notify>>>| {
-            for n in w.into_iter().flat_map(|m| m.values()) {
-                n.notify_one();
+        // Per dispatcher (by address), the subscribers to wake.
+        let mut batches: Vec<(Arc<Dispatcher>, Vec<Arc<Notify>>)> = Vec::new();
+        let mut wake = |w: Option<&HashMap<u64, Waiter>>| {
+            for waiter in w.into_iter().flat_map(|m| m.values()) {
+                match &waiter.dispatcher {
+                    None => waiter.notify.notify_one(),
+                    Some(d) => match batches.iter_mut().find(|(b, _)| Arc::ptr_eq(b, d)) {
+                        Some((_, list)) => list.push(waiter.notify.clone()),
+                        None => batches.push((d.clone(), vec![waiter.notify.clone()])),
+                    },
+                }
             }
         };
         for topic in topics {
@@ -125,6 +193,14 @@ impl Hub {
             for ancestor in topic.ancestors() {
                 wake(reg.any_depth.get(ancestor));
             }
+        }
+        drop(reg);
+        for (d, list) in batches {
+            match d.pending.lock() {
+                Ok(mut p) => p.extend(list),
+                Err(_) => list.iter().for_each(|n| n.notify_one()),
+            }
+            d.wake.notify_one();
         }
     }
 

@@ -88,6 +88,28 @@ pub async fn run(a: &CompareArgs) -> io::Result<bool> {
     let mut fan: BTreeMap<(String, usize), Vec<Outcome>> = BTreeMap::new();
     let mut idle_res: BTreeMap<(String, usize), Vec<IdleOutcome>> = BTreeMap::new();
     let mut ok = true;
+    // Idle capacity first, on processes that have not served anything yet (allocators keep
+    // freed memory, so a server that ran a fan-out would look cheaper than it is): one
+    // ramp per server over HTTP/1.1, all connections held; surepush gets fresh children.
+    let mut checkpoints = a.idle_conns.clone();
+    checkpoints.sort_unstable();
+    for t in &targets {
+        if t.proto == Proto::TlsH2 || checkpoints.is_empty() {
+            continue;
+        }
+        let fresh;
+        let target = if t.kind == Kind::Surepush {
+            fresh = child::spawn(&bin, &a.common.data_parent, t.proto != Proto::Plain, &[])?;
+            surepush_target(&fresh, t.proto)
+        } else if t.pids.is_empty() {
+            continue;
+        } else {
+            t.clone()
+        };
+        for o in idle::ramp(&target, &checkpoints).await? {
+            idle_res.entry((key(t), o.conns)).or_default().push(o);
+        }
+    }
     for round in 0..a.rounds {
         println!("== round {} of {}", round + 1, a.rounds);
         for &n in &a.subs {
@@ -97,17 +119,6 @@ pub async fn run(a: &CompareArgs) -> io::Result<bool> {
                 println!("round {}: {}", round + 1, o.line());
                 ok &= o.correct();
                 fan.entry((key(t), n)).or_default().push(o);
-            }
-        }
-        for &n in &a.idle_conns {
-            for i in 0..targets.len() {
-                let t = &targets[(i + round) % targets.len()];
-                if t.proto == Proto::TlsH2 || t.pids.is_empty() {
-                    continue; // RSS per connection: HTTP/1.1 connections only
-                }
-                let o = idle::run(t, n).await?;
-                println!("round {}: {}", round + 1, o.line());
-                idle_res.entry((key(t), n)).or_default().push(o);
             }
         }
     }

@@ -91,3 +91,56 @@ pub async fn run(target: &Target, conns: usize) -> io::Result<IdleOutcome> {
         errors: ctx.errors.load(Ordering::Relaxed),
     })
 }
+
+/// One fresh server, connections added in steps and all held: the RSS at each step
+/// (`checkpoints` ascending), each measured against the RSS before the first connection.
+pub async fn ramp(target: &Target, checkpoints: &[usize]) -> io::Result<Vec<IdleOutcome>> {
+    let target = Arc::new(target.clone());
+    let ch: Arc<str> = format!("idle{}", rand::random::<u32>()).into();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = Arc::new(Ctx::new(0, stop_rx, 50));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before_kib = tree_rss_kib(&target.pids);
+    let bench_before = rss_kib(std::process::id());
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    let mut out = Vec::new();
+    let mut opened = 0;
+    for &n in checkpoints {
+        let (more, _) = start_subscribers(
+            &target,
+            Transport::Sse,
+            &ch,
+            &Cursor::default(),
+            n.saturating_sub(opened),
+            100,
+            &ctx,
+        )
+        .await?;
+        tasks.extend(more);
+        opened = opened.max(n);
+        let held = wait_connected(&ctx, n).await;
+        let connect_secs = t0.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let o = IdleOutcome {
+            label: target.label.clone(),
+            proto: target.proto.name(),
+            conns: n,
+            held,
+            rss_before_kib,
+            rss_after_kib: tree_rss_kib(&target.pids),
+            bench_kib_per_conn: rss_kib(std::process::id()).saturating_sub(bench_before) as f64
+                / held.max(1) as f64,
+            connect_secs,
+            errors: ctx.errors.load(Ordering::Relaxed),
+        };
+        println!("{}", o.line());
+        out.push(o);
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(out)
+}

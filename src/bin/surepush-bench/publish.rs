@@ -31,7 +31,7 @@ impl PubRow {
     }
 }
 
-const SCENARIOS: [(usize, usize); 4] = [(1, 1), (16, 1), (64, 1), (8, 100)];
+const SCENARIOS: [(usize, usize); 5] = [(1, 1), (16, 1), (64, 1), (8, 100), (4, 1000)];
 
 pub async fn run(common: &Common, secs: u64) -> io::Result<Vec<PubRow>> {
     let mut rows = Vec::new();
@@ -57,7 +57,7 @@ pub async fn run(common: &Common, secs: u64) -> io::Result<Vec<PubRow>> {
         }
     }
     let dir = common.data_parent.clone();
-    for batch in [1usize, 100] {
+    for batch in [1usize, 100, 1000] {
         let d = dir.clone();
         let rate = tokio::task::spawn_blocking(move || raw_sled(&d, batch, secs))
             .await
