@@ -66,7 +66,7 @@ fn init_from_config(config_path: &Path, args: &InitArgs) -> anyhow::Result<()> {
     create_private_dir(&config.data_dir)?;
     prepare(&config, args)?;
     println!(
-        "start with: surepush serve --config {}",
+        "ready: surepush serve --config {} (the packages run it as surepush.service)",
         config_path.display()
     );
     Ok(())
