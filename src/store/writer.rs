@@ -65,7 +65,7 @@ pub(super) fn spawn(
     next_seq: u64,
     config: &StorageConfig,
 ) -> Result<JoinHandle<()>, StoreError> {
-    let window = match config.durability {
+    let max_window = match config.durability {
         Durability::FlushEveryWrite => None,
         Durability::GroupCommit => Some(Duration::from_millis(config.group_commit_ms)),
     };
@@ -78,19 +78,31 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("surepush-writer".into())
         .spawn(move || {
+            // Group commit waits for more writes at most as long as the last group took
+            // (mostly its flush: waiting longer than a flush costs only adds latency), and
+            // not at all once as many writers are in as last time (PostgreSQL's
+            // commit_delay with commit_siblings).
+            let mut last_took = Duration::ZERO;
+            let mut last_len = 0usize;
             while let Ok(first) = rx.recv() {
-                let group = gather(first, &rx, window);
+                let window = max_window.map(|w| w.min(last_took));
+                let group = gather(first, &rx, window, last_len);
+                last_len = group.len();
+                let started = Instant::now();
                 writer.run_group(group);
+                last_took = started.elapsed();
             }
         })
         .map_err(|e| StoreError::Task(e.to_string()))
 }
 
-/// Everything already queued, plus what arrives within the window (group commit).
+/// Everything already queued, plus what arrives within the window (group commit), which
+/// closes early once the group has `enough` commands.
 fn gather(
     first: WriteCmd,
     rx: &mpsc::Receiver<WriteCmd>,
     window: Option<Duration>,
+    enough: usize,
 ) -> Vec<WriteCmd> {
     let deadline = window.map(|w| Instant::now() + w);
     let mut n_events = events_in(&first);
@@ -99,6 +111,7 @@ fn gather(
         let next = match rx.try_recv() {
             Ok(cmd) => Some(cmd),
             Err(mpsc::TryRecvError::Disconnected) => None,
+            Err(mpsc::TryRecvError::Empty) if enough > 0 && group.len() >= enough => None,
             Err(mpsc::TryRecvError::Empty) => match deadline {
                 Some(d) => {
                     let now = Instant::now();
