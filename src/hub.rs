@@ -45,6 +45,8 @@ impl Dispatcher {
             if let Ok(mut p) = self.pending.lock() {
                 std::mem::swap(&mut *p, &mut batch);
             }
+            // several publishes may have named one subscriber before this ran: wake once
+            dedup(&mut batch);
             for n in batch.drain(..) {
                 n.notify_one();
             }
@@ -195,7 +197,9 @@ impl Hub {
             }
         }
         drop(reg);
-        for (d, list) in batches {
+        for (d, mut list) in batches {
+            // a subscriber matching several of the topics is woken once
+            dedup(&mut list);
             match d.pending.lock() {
                 Ok(mut p) => p.extend(list),
                 Err(_) => list.iter().for_each(|n| n.notify_one()),
@@ -217,6 +221,14 @@ impl Hub {
             }
         }
         ids.len()
+    }
+}
+
+/// Removes repeated wake-ups of one subscriber.
+fn dedup(list: &mut Vec<Arc<Notify>>) {
+    if list.len() > 1 {
+        list.sort_unstable_by_key(|n| Arc::as_ptr(n) as usize);
+        list.dedup_by(|a, b| Arc::ptr_eq(a, b));
     }
 }
 
