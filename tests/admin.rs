@@ -11,19 +11,23 @@ use std::time::Duration;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use support::admin::*;
 use support::*;
 
 const PASSWORD: &str = "a long test password";
 
-/// HTTPS client that does not follow redirects (the tests look at them).
-fn no_redirects() -> reqwest::Client {
-    init();
-    reqwest::Client::builder()
-        .tls_danger_accept_invalid_certs(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+/// The login form's answer (the shared helper, with the `next` these tests follow).
+async fn login(c: &reqwest::Client, base: &str, user: &str, password: &str) -> reqwest::Response {
+    post_login(c, base, user, password, "/admin/topics").await
+}
+
+/// `name=value` for a Cookie header, from a response's Set-Cookie.
+fn cookie_of(resp: &reqwest::Response, name: &str) -> Option<String> {
+    cookie_value(&set_cookies(resp), name).map(|v| format!("{name}={v}"))
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    field(html, name).expect("hidden field")
 }
 
 fn add_user(data_dir: &std::path::Path, name: &str) {
@@ -31,56 +35,6 @@ fn add_user(data_dir: &std::path::Path, name: &str) {
     let mut f = surepush::admin::UsersFile::load(&path).unwrap();
     f.add(name, PASSWORD).unwrap();
     f.save(&path).unwrap();
-}
-
-/// `application/x-www-form-urlencoded` body (reqwest's `form` feature is not built).
-trait FormBody {
-    fn form_pairs(self, pairs: &[(&str, &str)]) -> Self;
-}
-
-impl FormBody for reqwest::RequestBuilder {
-    fn form_pairs(self, pairs: &[(&str, &str)]) -> Self {
-        let body: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(pairs)
-            .finish();
-        self.header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-    }
-}
-
-fn cookie_of(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(|v| v.split(';').next().unwrap_or("").to_string())
-}
-
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).expect("hidden field") + marker.len();
-    html[start..start + html[start..].find('"').unwrap()].to_string()
-}
-
-/// Logs in over HTTP; returns the session cookie ("surepush_admin=...").
-async fn login(c: &reqwest::Client, base: &str, user: &str, password: &str) -> reqwest::Response {
-    let page = c.get(format!("{base}/admin/login")).send().await.unwrap();
-    assert_eq!(page.status(), 200);
-    let login_cookie = cookie_of(&page, "surepush_login").expect("login csrf cookie");
-    let html = page.text().await.unwrap();
-    let csrf = hidden(&html, "csrf");
-    c.post(format!("{base}/admin/login"))
-        .header(COOKIE, login_cookie)
-        .form_pairs(&[
-            ("user", user),
-            ("password", password),
-            ("csrf", &csrf),
-            ("next", "/admin/topics"),
-        ])
-        .send()
-        .await
-        .unwrap()
 }
 
 async fn session(c: &reqwest::Client, base: &str, user: &str) -> String {
@@ -137,7 +91,7 @@ async fn run_with_stdin(args: &[&str], stdin: &str) -> std::process::Output {
 async fn cli_password_change_and_removal_end_sessions_at_once() {
     let server = TestServer::start().await;
     let dir = server.data_dir.to_str().unwrap().to_string();
-    let c = no_redirects();
+    let c = http();
     // the admin CLI adds a user while the server runs
     let o = run_with_stdin(
         &[
@@ -301,7 +255,7 @@ async fn reserved_topics_cannot_be_published_and_root_wildcards_skip_them() {
 async fn an_operator_ends_a_subscriber_and_its_client_resumes() {
     let server = TestServer::start().await;
     add_user(&server.data_dir, "ops");
-    let c = no_redirects();
+    let c = http();
     let cookie = session(&c, &server.base_url, "ops").await;
     let first = server.publish("conn/a", json!(1)).await;
     let sse = client()
@@ -377,7 +331,7 @@ async fn an_operator_ends_a_subscriber_and_its_client_resumes() {
 #[tokio::test]
 async fn disabled_admin_answers_404_and_creates_no_user() {
     let server = TestServer::start_with(|c| c.admin.enabled = false).await;
-    let c = no_redirects();
+    let c = http();
     for path in [
         "/admin/",
         "/admin/login",
@@ -475,7 +429,7 @@ async fn init_with_a_config_prepares_its_data_dir_once() {
 
     // the password init printed logs in to a server on that data dir
     let mut child = ChildServer::spawn_env(&data, &["--config", cfg], &[]);
-    let c = no_redirects();
+    let c = http();
     let r = login(&c, &child.base_url, "admin", password.trim()).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     child.sigterm();

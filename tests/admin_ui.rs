@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::admin::*;
 use support::browser::Browser;
 use support::proxy::{HostileProxy, ProxyMode};
 use support::*;
@@ -69,63 +70,12 @@ async fn auth_admin_server() -> (TestServer, String) {
     .await
 }
 
-/// HTTPS client that does not follow redirects (we assert them).
-fn http() -> reqwest::Client {
-    init();
-    reqwest::Client::builder()
-        .tls_danger_accept_invalid_certs(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-/// `application/x-www-form-urlencoded` bodies, as a browser posts forms.
-trait FormPost {
-    fn form_pairs(self, pairs: &[(&str, &str)]) -> Self;
-}
-
-impl FormPost for reqwest::RequestBuilder {
-    fn form_pairs(self, pairs: &[(&str, &str)]) -> Self {
-        let body: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(pairs)
-            .finish();
-        self.header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body)
-    }
-}
-
-fn set_cookies(r: &reqwest::Response) -> Vec<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(String::from))
-        .collect()
-}
-
-/// The value a `Set-Cookie` header gives `name` (None when absent).
-fn cookie_value(set: &[String], name: &str) -> Option<String> {
-    set.iter().find_map(|line| {
-        let first = line.split(';').next()?;
-        let (k, v) = first.split_once('=')?;
-        (k.trim() == name).then(|| v.trim().to_string())
-    })
-}
-
 fn location(r: &reqwest::Response) -> String {
     r.headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
-}
-
-/// The `value` of the first `<input name="{name}" value="...">` in a page.
-fn field(html: &str, name: &str) -> Option<String> {
-    let key = format!("name=\"{name}\" value=\"");
-    let start = html.find(&key)? + key.len();
-    let len = html[start..].find('"')?;
-    Some(html[start..start + len].to_string())
 }
 
 /// The `next` a redirect to the login page carries.
@@ -136,34 +86,6 @@ fn next_of(loc: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Posts the login form (with a fresh double-submit pair); returns the answer.
-async fn post_login(
-    c: &reqwest::Client,
-    base: &str,
-    user: &str,
-    password: &str,
-) -> reqwest::Response {
-    let r = c.get(format!("{base}/admin/login")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "login page");
-    let pair = cookie_value(&set_cookies(&r), "surepush_login").expect("login CSRF cookie");
-    let csrf = field(&r.text().await.unwrap(), "csrf").expect("login CSRF field");
-    assert_eq!(
-        pair, csrf,
-        "double-submit: cookie and field carry one value"
-    );
-    c.post(format!("{base}/admin/login"))
-        .header("Cookie", format!("surepush_login={pair}"))
-        .form_pairs(&[
-            ("user", user),
-            ("password", password),
-            ("csrf", &csrf),
-            ("next", "/admin/"),
-        ])
-        .send()
-        .await
-        .unwrap()
-}
-
 /// An admin session over plain HTTP: its cookie header and its CSRF token.
 struct HttpSession {
     cookie: String,
@@ -171,7 +93,7 @@ struct HttpSession {
 }
 
 async fn http_login(c: &reqwest::Client, base: &str, password: &str) -> HttpSession {
-    let r = post_login(c, base, "admin", password).await;
+    let r = post_login(c, base, "admin", password, "/admin/").await;
     assert_eq!(r.status(), 303, "login: {:?}", r.text().await);
     assert_eq!(location(&r), "/admin/");
     let set = set_cookies(&r);
@@ -456,7 +378,7 @@ async fn wrong_password_is_refused_and_repeated_failures_lock_out() {
         .await;
         let c = http();
         for i in 1..=3 {
-            let r = post_login(&c, &s.base_url, "admin", "not-the-password").await;
+            let r = post_login(&c, &s.base_url, "admin", "not-the-password", "/admin/").await;
             assert_eq!(r.status(), 401, "failure {i}");
             assert_eq!(cookie_value(&set_cookies(&r), "surepush_admin"), None);
             let body = r.text().await.unwrap();
@@ -471,18 +393,18 @@ async fn wrong_password_is_refused_and_repeated_failures_lock_out() {
             );
         }
         // locked out: the right password is refused too
-        let r = post_login(&c, &s.base_url, "admin", &pw).await;
+        let r = post_login(&c, &s.base_url, "admin", &pw, "/admin/").await;
         assert_eq!(r.status(), 429);
         assert_eq!(cookie_value(&set_cookies(&r), "surepush_admin"), None);
         let body = r.text().await.unwrap();
         assert!(body.contains("Too many failed logins"), "{body}");
         // so is an unknown name from the same address
-        let r = post_login(&c, &s.base_url, "someone", "whatever-long").await;
+        let r = post_login(&c, &s.base_url, "someone", "whatever-long", "/admin/").await;
         assert_eq!(r.status(), 429);
 
         // on a fresh server the right password works at once
         let (s2, pw2) = admin_server(|_| {}).await;
-        let r = post_login(&c, &s2.base_url, "admin", &pw2).await;
+        let r = post_login(&c, &s2.base_url, "admin", &pw2, "/admin/").await;
         assert_eq!(r.status(), 303);
         assert!(cookie_value(&set_cookies(&r), "surepush_admin").is_some());
         // a login post without the double-submit cookie is refused

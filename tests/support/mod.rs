@@ -2,6 +2,7 @@
 //! Shared test harness: the real server in-process (or as a child process), real
 //! TLS clients, SSE parsing, and the hostile proxy.
 
+pub mod admin;
 pub mod browser;
 pub mod proxy;
 

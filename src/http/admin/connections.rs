@@ -96,17 +96,11 @@ async fn list(
     Ok(html(page.render()?))
 }
 
-#[derive(Deserialize)]
-struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 async fn disconnect(
     req: HttpRequest,
     st: web::Data<AppState>,
     path: web::Path<String>,
-    form: web::Form<CsrfForm>,
+    form: web::Form<super::CsrfForm>,
 ) -> Result<HttpResponse, AdminError> {
     let session = require_form(&req, &st, &form.csrf)?;
     let id: u64 = path

@@ -256,17 +256,11 @@ async fn confirm(
     Ok(html(page.render()?))
 }
 
-#[derive(Deserialize)]
-struct ActForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 async fn act(
     req: HttpRequest,
     st: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    form: web::Form<ActForm>,
+    form: web::Form<super::CsrfForm>,
 ) -> Result<HttpResponse, AdminError> {
     let session = require_form(&req, &st, &form.csrf)?;
     let (raw, action) = path.into_inner();

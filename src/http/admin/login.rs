@@ -158,16 +158,10 @@ async fn login(
     Ok(resp)
 }
 
-#[derive(Deserialize)]
-struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 async fn logout(
     req: HttpRequest,
     st: web::Data<AppState>,
-    form: web::Form<CsrfForm>,
+    form: web::Form<super::CsrfForm>,
 ) -> Result<HttpResponse, AdminError> {
     let session = require_form(&req, &st, &form.csrf)?;
     st.admin.sessions.remove(&session.id);

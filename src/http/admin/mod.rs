@@ -142,6 +142,13 @@ pub fn require_form(req: &HttpRequest, st: &AppState, csrf: &str) -> Result<Sess
     Ok(session)
 }
 
+/// A form whose only field is the CSRF token (logout, disconnect, requeue, discard).
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
 pub fn session_cookie(value: &str, max_age_secs: Option<i64>) -> Cookie<'static> {
     let mut c = Cookie::build(COOKIE, value.to_string())
         .path("/admin")
