@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::ThreadId;
 
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
 use crate::model::{Pattern, Topic};
@@ -92,6 +93,11 @@ impl Subscription {
     /// means a wake-up that happened between two reads is not missed).
     pub async fn notified(&self) {
         self.notify.notified().await
+    }
+
+    /// The same wake-up as an owned future, to keep armed across polls of a stream.
+    pub fn notified_owned(&self) -> OwnedNotified {
+        self.notify.clone().notified_owned()
     }
 }
 

@@ -166,10 +166,15 @@ impl Metrics {
 
     pub fn delivered(&self, transport: &'static str, n: usize) {
         if n > 0 {
-            self.events_delivered
-                .get_or_create(&TransportLabel { transport })
-                .inc_by(n as u64);
+            self.delivered_counter(transport).inc_by(n as u64);
         }
+    }
+
+    /// `events_delivered{transport}`, to keep for a stream's life (a clone shares it).
+    pub fn delivered_counter(&self, transport: &'static str) -> Counter {
+        self.events_delivered
+            .get_or_create(&TransportLabel { transport })
+            .clone()
     }
 }
 

@@ -55,6 +55,12 @@ impl SubscriberGuard {
     pub async fn kicked(&self) {
         self.entry.kick.notified().await
     }
+
+    /// `kicked` as a future that owns what it waits on.
+    pub fn kicked_owned(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let entry = self.entry.clone();
+        async move { entry.kick.notified().await }
+    }
 }
 
 impl Drop for SubscriberGuard {

@@ -4,12 +4,19 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use futures_util::Stream;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 use super::params::{self, SseMode};
 use super::{http_version, resource};
@@ -20,7 +27,7 @@ use crate::metrics::{ConnectionGuard, ReasonLabel};
 use crate::model::Pattern;
 use crate::server::{AppState, ConnInfo};
 use crate::stall::StallGuard;
-use crate::store::{now_ms, record::rfc3339};
+use crate::store::{now_ms, record::rfc3339, ReadBatch, StoreError};
 use crate::subscribers::{SubscriberGuard, SubscriberInfo};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -37,14 +44,15 @@ struct SseState {
     cursor: u64,
     mode: SseMode,
     out: VecDeque<Bytes>,
-    heartbeat: Interval,
+    heartbeat_every: Duration,
     /// Close mode: when the response ends even without events.
     deadline: Option<Instant>,
     /// When the subscriber's token expires.
     token_ends: Option<Instant>,
     batch_window: Duration,
     done: bool,
-    transport: &'static str,
+    /// `events_delivered{transport}`, looked up once.
+    delivered: Counter,
     untyped: bool,
     stall: StallGuard,
     registered: SubscriberGuard,
@@ -127,30 +135,29 @@ async fn stream(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
     out.push_back(Bytes::from(head));
 
     let hb = Duration::from_secs(cfg.heartbeat_secs);
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + hb, hb);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let timeout = Duration::from_secs(p.timeout.unwrap_or(cfg.poll_timeout_default_secs));
     let fd = req.conn_data::<ConnInfo>().map(|c| c.fd);
     let stall_after = hb + Duration::from_secs(cfg.slow_consumer_timeout_secs);
+    let shutdown = st.shutdown.clone();
     let state = SseState {
         patterns: p.patterns,
         sub,
         cursor: resume.cursor,
         mode,
         out,
-        heartbeat,
+        heartbeat_every: hb,
         deadline: (mode == SseMode::Close).then(|| Instant::now() + timeout),
         token_ends,
         batch_window: Duration::from_millis(cfg.batch_window_ms),
         done: false,
-        transport,
+        delivered: st.metrics.delivered_counter(transport),
         untyped: p.untyped,
         stall: st.stalls.register(fd, stall_after),
         registered,
         _conn: ConnectionGuard::new(&st.metrics, transport, http),
         st,
     };
-    let body = futures_util::stream::unfold(state, next_chunk);
+    let body = SseBody::new(state, shutdown);
     let mut builder = HttpResponse::Ok();
     sse_headers(&mut builder);
     let mut resp = builder.streaming(body);
@@ -178,18 +185,69 @@ fn ping() -> Bytes {
     ))
 }
 
-/// The next piece of the response, or None when it ends.
-async fn next_chunk(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseState)> {
-    loop {
-        if let Some(b) = s.out.pop_front() {
-            s.stall.progress();
-            return Some((Ok(b), s));
+/// Why a stream ends before its client leaves.
+enum Stop {
+    Shutdown,
+    Kicked,
+}
+
+type EndFrame = Option<&'static [u8]>;
+type StoredRead = Pin<Box<dyn Future<Output = Result<ReadBatch, StoreError>> + Send>>;
+
+/// The response body. Its wake-ups stay armed across polls: the hub's is re-armed only
+/// after it fired, the rare ones (shutdown, operator disconnect) and the timers are made
+/// once, so an event costs a subscriber one wake-up, one read of the ring of recent
+/// events and one write (bench/proposals/sse-fanout.md).
+struct SseBody {
+    s: SseState,
+    /// Woken after a durable write to a matching topic.
+    hub: Pin<Box<OwnedNotified>>,
+    stop: Pin<Box<dyn Future<Output = Stop> + Send>>,
+    heartbeat: Pin<Box<Sleep>>,
+    /// The earliest of the close-mode deadline and the token's expiry, with the frame
+    /// that says which (None: the deadline, which ends the response silently).
+    ends: Option<(Pin<Box<Sleep>>, EndFrame)>,
+    /// Close mode: the batch window running after a wake-up.
+    batch: Option<Pin<Box<Sleep>>>,
+    /// A read that needs the database (a replay older than the ring of recent events).
+    reading: Option<StoredRead>,
+    need_read: bool,
+}
+
+impl SseBody {
+    fn new(s: SseState, stop_on_shutdown: watch::Receiver<bool>) -> SseBody {
+        let mut shutdown = stop_on_shutdown;
+        let kicked = s.registered.kicked_owned();
+        let stop = Box::pin(async move {
+            tokio::select! {
+                _ = shutdown.wait_for(|v| *v) => Stop::Shutdown,
+                _ = kicked => Stop::Kicked,
+            }
+        });
+        let ends = match (s.deadline, s.token_ends) {
+            (Some(d), Some(t)) if t < d => Some((t, Some(TOKEN_EXPIRED))),
+            (Some(d), _) => Some((d, None)),
+            (None, Some(t)) => Some((t, Some(TOKEN_EXPIRED))),
+            (None, None) => None,
         }
-        if s.done {
-            return None;
+        .map(|(at, frame)| (Box::pin(tokio::time::sleep_until(at)), frame));
+        SseBody {
+            hub: Box::pin(s.sub.notified_owned()),
+            heartbeat: Box::pin(tokio::time::sleep(s.heartbeat_every)),
+            stop,
+            ends,
+            batch: None,
+            reading: None,
+            need_read: true,
+            s,
         }
-        s.stall.progress();
-        match s.st.log.read(s.cursor, &s.patterns, READ_CHUNK).await {
+    }
+
+    /// Takes a read's events into the output, or asks for another read when it scanned
+    /// part of the log without a match.
+    fn take(&mut self, read: Result<ReadBatch, StoreError>) {
+        let s = &mut self.s;
+        match read {
             Ok(batch) => {
                 s.cursor = batch.scanned_to;
                 let n = batch.events.len();
@@ -203,59 +261,105 @@ async fn next_chunk(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseSt
                     } else {
                         s.out.extend(batch.events.iter().map(|e| e.sse.clone()));
                     }
-                    s.st.metrics.delivered(s.transport, n);
+                    s.delivered.inc_by(n as u64);
                     s.registered.delivered(n);
                     if s.mode == SseMode::Close && s.cursor >= s.st.log.head() {
                         s.done = true;
                     }
-                    continue;
-                }
-                if s.cursor < s.st.log.head() {
-                    continue; // scanned part of the log without a match: keep going
+                } else if s.cursor < s.st.log.head() {
+                    self.need_read = true; // scanned part of the log without a match
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "stream ends: cannot read the log");
-                s.done = true;
-                continue;
-            }
-        }
-        let mut shutdown = s.st.shutdown.clone();
-        let deadline = s.deadline;
-        let token_ends = s.token_ends;
-        tokio::select! {
-            _ = s.sub.notified() => {
-                if s.mode == SseMode::Close {
-                    tokio::time::sleep(s.batch_window).await;
-                }
-            }
-            _ = s.heartbeat.tick() => s.out.push_back(ping()),
-            _ = shutdown.wait_for(|v| *v) => {
-                s.out.push_back(Bytes::from_static(
-                    b"event: surepush.shutdown\ndata: {\"reconnect\":true}\n\n",
-                ));
-                s.done = true;
-            }
-            _ = sleep_until_opt(deadline) => s.done = true,
-            _ = s.registered.kicked() => {
-                s.out.push_back(Bytes::from_static(
-                    b"event: surepush.disconnected\ndata: {\"reconnect\":true}\n\n",
-                ));
-                s.done = true;
-            }
-            _ = sleep_until_opt(token_ends) => {
-                s.out.push_back(Bytes::from_static(
-                    b"event: surepush.token_expired\ndata: {\"renew\":true}\n\n",
-                ));
                 s.done = true;
             }
         }
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+const TOKEN_EXPIRED: &[u8] = b"event: surepush.token_expired\ndata: {\"renew\":true}\n\n";
+
+impl Stream for SseBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(b) = this.s.out.pop_front() {
+                this.s.stall.progress();
+                return Poll::Ready(Some(Ok(b)));
+            }
+            if this.s.done {
+                return Poll::Ready(None);
+            }
+            if let Some(reading) = this.reading.as_mut() {
+                let read = ready!(reading.as_mut().poll(cx));
+                this.reading = None;
+                this.take(read);
+                continue;
+            }
+            if this.need_read {
+                this.need_read = false;
+                this.s.stall.progress();
+                let s = &this.s;
+                match s.st.log.read_cached(s.cursor, &s.patterns, READ_CHUNK) {
+                    Some(batch) => this.take(Ok(batch)),
+                    None => {
+                        let log = s.st.log.clone();
+                        let (cursor, patterns) = (s.cursor, s.patterns.clone());
+                        this.reading = Some(Box::pin(async move {
+                            log.read(cursor, &patterns, READ_CHUNK).await
+                        }));
+                    }
+                }
+                continue;
+            }
+            // Nothing to send: wait for a wake-up, a timer or the end.
+            match this.batch.as_mut() {
+                Some(window) => {
+                    if window.as_mut().poll(cx).is_ready() {
+                        this.batch = None;
+                        this.need_read = true;
+                        continue;
+                    }
+                }
+                None => {
+                    if this.hub.as_mut().poll(cx).is_ready() {
+                        this.hub.set(this.s.sub.notified_owned());
+                        if this.s.mode == SseMode::Close {
+                            this.batch = Some(Box::pin(tokio::time::sleep(this.s.batch_window)));
+                        } else {
+                            this.need_read = true;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if this.heartbeat.as_mut().poll(cx).is_ready() {
+                this.s.out.push_back(ping());
+                let next = Instant::now() + this.s.heartbeat_every;
+                this.heartbeat.as_mut().reset(next);
+                continue;
+            }
+            if let Poll::Ready(stop) = this.stop.as_mut().poll(cx) {
+                this.s.out.push_back(Bytes::from_static(match stop {
+                    Stop::Shutdown => b"event: surepush.shutdown\ndata: {\"reconnect\":true}\n\n",
+                    Stop::Kicked => b"event: surepush.disconnected\ndata: {\"reconnect\":true}\n\n",
+                }));
+                this.s.done = true;
+                continue;
+            }
+            if let Some((end, frame)) = this.ends.as_mut() {
+                if end.as_mut().poll(cx).is_ready() {
+                    if let Some(frame) = frame {
+                        this.s.out.push_back(Bytes::from_static(frame));
+                    }
+                    this.s.done = true;
+                    continue;
+                }
+            }
+            return Poll::Pending;
+        }
     }
 }

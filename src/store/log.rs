@@ -395,19 +395,26 @@ impl EventLog {
         patterns: &[Pattern],
         limit: usize,
     ) -> Result<ReadBatch, StoreError> {
-        let upto = self.head();
-        if after >= upto || limit == 0 {
-            return Ok(ReadBatch {
-                events: Vec::new(),
-                scanned_to: after.max(upto.min(after)),
-            });
-        }
-        if let Some(batch) = self.read_recent(after, upto, patterns, limit) {
+        if let Some(batch) = self.read_cached(after, patterns, limit) {
             return Ok(batch);
         }
+        let upto = self.head();
         let shared = self.shared.clone();
         let patterns = patterns.to_vec();
         blocking(move || read_stored(&shared, after, upto, &patterns, limit)).await
+    }
+
+    /// `read` when it needs no storage access (nothing new, or all of it in the ring of
+    /// recent events); None when the events must be read from the database.
+    pub fn read_cached(&self, after: u64, patterns: &[Pattern], limit: usize) -> Option<ReadBatch> {
+        let upto = self.head();
+        if after >= upto || limit == 0 {
+            return Some(ReadBatch {
+                events: Vec::new(),
+                scanned_to: after,
+            });
+        }
+        self.read_recent(after, upto, patterns, limit)
     }
 
     fn read_recent(
