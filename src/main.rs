@@ -1,6 +1,12 @@
 use clap::Parser;
 use surepush::cli::{self, Cli, Command};
 
+/// jemalloc: threads free what others allocated (the writer's records, sled's buffers)
+/// without contending on glibc's arena locks, which held durable publish throughput back
+/// by a quarter; and a connection's memory stays as small (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -1274,22 +1274,37 @@ async fn concurrent_publishers(durability: Durability, window_ms: u64) {
     let (log, metrics) = open_with_metrics(&db_path(&dir), &cfg);
     let log = Arc::new(log);
     let start = Arc::new(tokio::sync::Barrier::new(PUBLISHERS));
+    // Probes wait for every group before them to be flushed (the writer's barrier with
+    // its flusher thread): run them throughout.
+    let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = {
+        let (log, probing) = (log.clone(), probing.clone());
+        tokio::spawn(async move {
+            let mut probes = 0u32;
+            while probing.load(std::sync::atomic::Ordering::Relaxed) {
+                log.probe().await.expect("probe");
+                probes += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            probes
+        })
+    };
     let mut tasks = Vec::new();
     for p in 0..PUBLISHERS {
         let (log, start) = (log.clone(), start.clone());
         tasks.push(tokio::spawn(async move {
             start.wait().await;
             let mut ids = Vec::with_capacity(EACH);
+            let topic = format!("g/{}", p % 7);
             for i in 0..EACH {
                 let id = log
-                    .publish(vec![ev(
-                        &format!("g/{}", p % 7),
-                        "t",
-                        json!({"p": p, "i": i}),
-                    )])
+                    .publish(vec![ev(&topic, "t", json!({"p": p, "i": i}))])
                     .await
                     .unwrap();
                 assert_eq!(id.len(), 1);
+                // acknowledged means visible: readable at once, from the ring
+                let got = log.read(id[0].seq - 1, &pats(&[&topic]), 1).await.unwrap();
+                assert_eq!(seqs(&got.events), vec![id[0].seq], "ack before visible");
                 ids.push(id[0]);
             }
             ids
@@ -1309,6 +1324,9 @@ async fn concurrent_publishers(durability: Durability, window_ms: u64) {
             assert!(all.insert(id.seq), "duplicate id {id}");
         }
     }
+    probing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let probes = prober.await.unwrap();
+    assert!(probes > 0);
     let total = PUBLISHERS * EACH;
     assert_eq!(all.len(), total);
     assert_eq!(all.iter().max().copied(), Some(total as u64));

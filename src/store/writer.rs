@@ -1,7 +1,9 @@
 //! The single writer thread. It takes every publish waiting in its queue (and, with
-//! `group_commit`, what arrives within the gathering window), writes them in one atomic
-//! sled batch, flushes once, and only then makes them visible: recent-events ring,
-//! head, replies, hub wake-ups. Concurrent publishes therefore share one fsync.
+//! `group_commit`, what arrives within the gathering window) and writes them in one
+//! atomic sled batch. The flusher thread then flushes, and only then makes them visible:
+//! recent-events ring, head, replies, hub wake-ups. Concurrent publishes therefore share
+//! one fsync, and the writer applies the next group while the last one is flushed (one
+//! flush covers every group applied before it began).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -56,7 +58,14 @@ pub(super) struct Writer {
     pub shared: Arc<Shared>,
     next_seq: u64,
     last_time_ms: u64,
-    max_per_topic: u64,
+    flusher: Arc<Flusher>,
+    to_flusher: mpsc::Sender<FlushCmd>,
+}
+
+enum FlushCmd {
+    Commit(Commit),
+    /// Answered once every commit sent before it is flushed and visible.
+    Barrier(mpsc::SyncSender<()>),
 }
 
 pub(super) fn spawn(
@@ -69,11 +78,24 @@ pub(super) fn spawn(
         Durability::FlushEveryWrite => None,
         Durability::GroupCommit => Some(Duration::from_millis(config.group_commit_ms)),
     };
+    let flusher = Arc::new(Flusher {
+        shared: shared.clone(),
+        max_per_topic: config.retention_max_events_per_topic,
+    });
+    let (to_flusher, flusher_rx) = mpsc::channel();
+    let flusher_thread = {
+        let flusher = flusher.clone();
+        std::thread::Builder::new()
+            .name("surepush-flusher".into())
+            .spawn(move || flusher.run(flusher_rx))
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    };
     let mut writer = Writer {
         shared,
         next_seq,
         last_time_ms: 0,
-        max_per_topic: config.retention_max_events_per_topic,
+        flusher,
+        to_flusher,
     };
     std::thread::Builder::new()
         .name("surepush-writer".into())
@@ -92,6 +114,9 @@ pub(super) fn spawn(
                 writer.run_group(group);
                 last_took = started.elapsed();
             }
+            // Closing: every applied group is flushed and answered before the log closes.
+            drop(writer);
+            let _ = flusher_thread.join();
         })
         .map_err(|e| StoreError::Task(e.to_string()))
 }
@@ -150,6 +175,8 @@ pub(super) struct Commit {
     /// Queues that got jobs to lease: their waiting workers are woken.
     pub queues: HashSet<String>,
     replies: Vec<PendingReply>,
+    /// The last seq written when the group was handed over (the head once it is visible).
+    head: u64,
 }
 
 /// Answers a caller once the group's flush succeeded (None) or failed (Some(error)).
@@ -209,7 +236,16 @@ impl Writer {
             }
         }
         if !commit.replies.is_empty() {
-            self.finish(commit);
+            commit.head = self.next_seq.saturating_sub(1);
+            if let Err(mpsc::SendError(FlushCmd::Commit(commit))) =
+                self.to_flusher.send(FlushCmd::Commit(commit))
+            {
+                self.flusher.finish(vec![commit]); // no flusher thread: flush here
+            }
+        }
+        if !rest.is_empty() {
+            // Retention, probes and backup cuts see every earlier group flushed.
+            self.wait_flushed();
         }
         for cmd in rest {
             match cmd {
@@ -331,24 +367,66 @@ impl Writer {
         }
     }
 
-    /// Flushes the group, then makes it visible in order: ring, head, replies, wake-ups.
-    fn finish(&mut self, commit: Commit) {
-        let shared = self.shared.clone();
+    /// Blocks until the flusher has flushed and made visible every group sent to it.
+    fn wait_flushed(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.to_flusher.send(FlushCmd::Barrier(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+/// Flushes applied groups, then makes them visible in order.
+pub(super) struct Flusher {
+    shared: Arc<Shared>,
+    max_per_topic: u64,
+}
+
+impl Flusher {
+    fn run(&self, rx: mpsc::Receiver<FlushCmd>) {
+        while let Ok(first) = rx.recv() {
+            let mut commits = Vec::new();
+            let mut barriers = Vec::new();
+            for cmd in std::iter::once(first).chain(rx.try_iter()) {
+                match cmd {
+                    FlushCmd::Commit(c) => commits.push(c),
+                    FlushCmd::Barrier(b) => barriers.push(b),
+                }
+            }
+            if !commits.is_empty() {
+                self.finish(commits);
+            }
+            for b in barriers {
+                let _ = b.send(());
+            }
+        }
+    }
+
+    /// One flush for all these groups, then each made visible in order: ring, head,
+    /// replies, wake-ups.
+    fn finish(&self, commits: Vec<Commit>) {
+        let shared = &self.shared;
         if let Err(e) = shared.db.flush() {
             tracing::error!(error = %e, "cannot flush the database to disk");
             shared.metrics.publish_errors.inc();
             let msg = e.to_string();
-            for reply in commit.replies {
+            for reply in commits.into_iter().flat_map(|c| c.replies) {
                 reply(Some(&msg));
             }
             return;
         }
-        if !commit.records.is_empty() {
-            shared
-                .metrics
-                .commit_group_events
-                .observe(commit.records.len() as f64);
+        // one observation per flush: how many events shared it
+        let events: usize = commits.iter().map(|c| c.records.len()).sum();
+        if events > 0 {
+            shared.metrics.commit_group_events.observe(events as f64);
         }
+        for commit in commits {
+            self.make_visible(commit);
+        }
+    }
+
+    fn make_visible(&self, commit: Commit) {
+        let shared = &self.shared;
         if let Ok(mut recent) = shared.recent.write() {
             for (s, rec) in &commit.records {
                 match decode_record(*s, shared.epoch, rec) {
@@ -357,9 +435,7 @@ impl Writer {
                 }
             }
         }
-        shared
-            .head
-            .store(self.next_seq.saturating_sub(1), Ordering::Release);
+        shared.head.fetch_max(commit.head, Ordering::Release);
         for reply in commit.replies {
             reply(None);
         }

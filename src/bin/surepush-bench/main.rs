@@ -10,6 +10,10 @@
 //!   surepush-bench suite                       # all of the above against surepush
 //!   surepush-bench compare --nchan URL --pushpin URL --pushpin-pub URL ...   # peers.sh
 
+/// The same allocator as surepush, so the raw sled ceiling is measured like for like.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod child;
 mod client;
 mod compare;
