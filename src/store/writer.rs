@@ -262,9 +262,8 @@ impl Writer {
                         .shared
                         .tree
                         .insert(keys::meta(meta::PROBE), &now_ms().to_be_bytes())
-                        .and_then(|_| self.shared.db.flush())
-                        .map(|_| ())
-                        .map_err(StoreError::from);
+                        .map_err(StoreError::from)
+                        .and_then(|_| self.shared.sync());
                     let _ = reply.send(r);
                 }
                 WriteCmd::Backup { path, files, reply } => {
@@ -406,7 +405,7 @@ impl Flusher {
     /// replies, wake-ups.
     fn finish(&self, commits: Vec<Commit>) {
         let shared = &self.shared;
-        if let Err(e) = shared.db.flush() {
+        if let Err(e) = shared.sync() {
             tracing::error!(error = %e, "cannot flush the database to disk");
             shared.metrics.publish_errors.inc();
             let msg = e.to_string();

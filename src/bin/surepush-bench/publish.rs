@@ -57,13 +57,20 @@ pub async fn run(common: &Common, secs: u64) -> io::Result<Vec<PubRow>> {
         }
     }
     let dir = common.data_parent.clone();
-    for batch in [1usize, 100, 1000] {
+    for (fsync, batch) in [false, true]
+        .into_iter()
+        .flat_map(|f| [1usize, 100, 1000].map(|b| (f, b)))
+    {
         let d = dir.clone();
-        let rate = tokio::task::spawn_blocking(move || raw_sled(&d, batch, secs))
+        let rate = tokio::task::spawn_blocking(move || raw_sled(&d, batch, fsync, secs))
             .await
             .map_err(|e| io::Error::other(e.to_string()))??;
         rows.push(PubRow {
-            what: "raw sled insert+flush (ceiling)".into(),
+            what: if fsync {
+                "raw sled insert+flush+fdatasync (ceiling, as durable as surepush)".into()
+            } else {
+                "raw sled insert+flush (ceiling)".into()
+            },
             publishers: 1,
             batch,
             events_per_sec: rate,
@@ -129,8 +136,9 @@ async fn publish_rate(
     )
 }
 
-/// sled alone: `batch` inserts of an event-sized record, then one flush, repeated.
-fn raw_sled(parent: &Path, batch: usize, secs: u64) -> io::Result<f64> {
+/// sled alone: `batch` inserts of an event-sized record, then one flush, repeated;
+/// with `fsync`, an fdatasync of sled's data file after each flush, as surepush does.
+fn raw_sled(parent: &Path, batch: usize, fsync: bool, secs: u64) -> io::Result<f64> {
     let dir = parent.join(format!("surepush-bench-sled-{:08x}", rand::random::<u32>()));
     let result = (|| {
         let db = sled::Config::new()
@@ -138,6 +146,7 @@ fn raw_sled(parent: &Path, batch: usize, secs: u64) -> io::Result<f64> {
             .open()
             .map_err(io::Error::other)?;
         let tree = db.open_tree("events").map_err(io::Error::other)?;
+        let data_file = std::fs::File::open(dir.join("db"))?;
         let value = vec![b'x'; 160];
         let t0 = Instant::now();
         let deadline = t0 + Duration::from_secs(secs);
@@ -150,6 +159,9 @@ fn raw_sled(parent: &Path, batch: usize, secs: u64) -> io::Result<f64> {
             }
             tree.apply_batch(b).map_err(io::Error::other)?;
             db.flush().map_err(io::Error::other)?;
+            if fsync {
+                data_file.sync_data()?;
+            }
         }
         Ok(seq as f64 / t0.elapsed().as_secs_f64())
     })();
