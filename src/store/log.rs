@@ -742,7 +742,10 @@ mod tests {
             Arc::new(Metrics::new()),
         )
         .unwrap();
-        assert!(log.shared.data_file.is_some(), "sled's data file was not found");
+        assert!(
+            log.shared.data_file.is_some(),
+            "sled's data file was not found"
+        );
         log.shared.sync().unwrap();
     }
 }
