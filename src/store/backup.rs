@@ -686,6 +686,8 @@ pub fn restore_db(path: &Path, db_dir: &Path) -> Result<Restored, StoreError> {
     let migration = migrate::upgrade(&db, &log)?;
     let gap = super::meta::open_restore_gap(&log)?;
     db.flush()?;
+    // "restored" must survive a power cut like an acknowledged publish
+    super::sync_sled_file(db_dir).map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
     Ok(Restored {
         summary,
         files,

@@ -15,6 +15,16 @@ pub use log::{EventLog, NewEvent, ReadBatch, Resume, TopicInfo};
 pub use record::EncodedEvent;
 pub use retention::{RetentionPolicy, RetentionReport};
 
+/// sled's data file in its directory. sled 0.34's `flush` writes it with
+/// `sync_file_range` on Linux, which is not durable against a power cut: whatever must
+/// survive one is followed by an `fdatasync` of this file (`sync_sled_file`).
+pub const SLED_DATA_FILE: &str = "db";
+
+/// fdatasync of the sled data file in `db_dir`, after a `flush`.
+pub fn sync_sled_file(db_dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(db_dir.join(SLED_DATA_FILE))?.sync_data()
+}
+
 /// Schema version this build writes; a database with a newer one is refused, an older
 /// one is migrated at open (`migrate.rs`).
 pub const SCHEMA_VERSION: u32 = 2;

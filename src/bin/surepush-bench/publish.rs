@@ -146,7 +146,7 @@ fn raw_sled(parent: &Path, batch: usize, fsync: bool, secs: u64) -> io::Result<f
             .open()
             .map_err(io::Error::other)?;
         let tree = db.open_tree("events").map_err(io::Error::other)?;
-        let data_file = std::fs::File::open(dir.join("db"))?;
+        let data_file = std::fs::File::open(dir.join(surepush::store::SLED_DATA_FILE))?;
         let value = vec![b'x'; 160];
         let t0 = Instant::now();
         let deadline = t0 + Duration::from_secs(secs);
