@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::{client, read_events, seq_of, test_config, TestServer};
 use surepush::auth::{now_secs, Authenticator, Claims, Grants};
-use surepush::store::backup;
+use surepush::store::{backup, SCHEMA_VERSION};
 
 /// A valid admin users file (the admin module's format), written over the one the
 /// server made, so the restored copy can be compared byte for byte.
@@ -141,7 +141,7 @@ fn schema_in(data_dir: &Path) -> u32 {
     u32::from_be_bytes(v.as_ref().try_into().unwrap())
 }
 
-/// Makes a stopped server's database look like schema 1 (or any marker).
+/// Makes a stopped server's database look like schema 1 or 2 (or sets any marker).
 fn set_schema(data_dir: &Path, schema: u32) {
     let db = open_sled(data_dir);
     let log = db.open_tree("log").unwrap();
@@ -150,6 +150,22 @@ fn set_schema(data_dir: &Path, schema: u32) {
     if schema == 1 {
         log.remove(meta_key("created_ms")).unwrap();
         log.remove(meta_key("written_by")).unwrap();
+    }
+    if schema <= 2 {
+        // before schema 3 every index entry was one event: `i topic 0 seq -> ""`
+        for kv in log.scan_prefix(b"i") {
+            let (k, v) = kv.unwrap();
+            if v.len() == 8 {
+                let (prefix, first) = k.split_at(k.len() - 8);
+                let first = u64::from_be_bytes(first.try_into().unwrap());
+                let last = u64::from_be_bytes(v.as_ref().try_into().unwrap());
+                for seq in first..=last {
+                    let mut key = prefix.to_vec();
+                    key.extend_from_slice(&seq.to_be_bytes());
+                    log.insert(key, b"".as_slice()).unwrap();
+                }
+            }
+        }
     }
     db.flush().unwrap();
 }
@@ -666,12 +682,20 @@ async fn backup_endpoint_needs_an_admin_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_1_is_migrated_and_a_newer_schema_refused_by_serve_and_restore() {
-    // a schema-1 database: a current one with the marker set back and schema 2's keys removed
+    // a schema-1 database: a current one with the marker set back, schema 2's keys
+    // removed and schema 3's index runs split into one entry per event
     let src = TestServer::start().await;
     let first = src.publish("mig/t", json!(1)).await;
-    for i in 2..=10 {
-        src.publish("mig/t", json!(i)).await;
-    }
+    let batch = (2..=10)
+        .flat_map(|i| {
+            [
+                json!({"topic": "mig/t", "data": i}),
+                json!({"topic": "mig/u", "data": i}),
+            ]
+        })
+        .chain((11..=20).map(|i| json!({"topic": "mig/t", "data": i})))
+        .collect();
+    publish_batch(&src.base_url, batch).await;
     let data = src.data_dir.clone();
     let keep = src.stop().await;
     set_schema(&data, 1);
@@ -697,8 +721,14 @@ async fn schema_1_is_migrated_and_a_newer_schema_refused_by_serve_and_restore() 
     // serve migrates it
     let mut child = support::ChildServer::spawn(&data, &[]);
     let got = read_events(&child.base_url, "mig/t", "0").await;
-    assert_eq!(got.len(), 10);
+    let values: Vec<i64> = got.iter().map(|e| e["data"].as_i64().unwrap()).collect();
+    assert_eq!(values, (1..=20).collect::<Vec<_>>());
     assert_eq!(got[0]["id"], first.as_str());
+    let got_u = read_events(&child.base_url, "mig/u", "0").await;
+    assert_eq!(got_u.len(), 9);
+    // reading on from inside what is now one run per entry
+    let after_5 = read_events(&child.base_url, "mig/t", got[4]["id"].as_str().unwrap()).await;
+    assert_eq!(after_5.len(), 15);
     child.sigterm();
     assert!(child
         .wait_exit(Duration::from_secs(20))
@@ -707,7 +737,10 @@ async fn schema_1_is_migrated_and_a_newer_schema_refused_by_serve_and_restore() 
         let db = open_sled(&data);
         let log = db.open_tree("log").unwrap();
         let schema = log.get(meta_key("schema")).unwrap().unwrap();
-        assert_eq!(u32::from_be_bytes(schema.as_ref().try_into().unwrap()), 2);
+        assert_eq!(
+            u32::from_be_bytes(schema.as_ref().try_into().unwrap()),
+            SCHEMA_VERSION
+        );
         assert_eq!(
             log.get(meta_key("written_by")).unwrap().unwrap(),
             env!("CARGO_PKG_VERSION").as_bytes()
@@ -727,11 +760,12 @@ async fn schema_1_is_migrated_and_a_newer_schema_refused_by_serve_and_restore() 
     let r = restore(dst.path(), &old_file).await;
     assert!(r.ok, "{}{}", r.stdout, r.stderr);
     assert!(
-        r.stdout.contains("migrated from schema 1 to 2"),
+        r.stdout
+            .contains(&format!("migrated from schema 1 to {SCHEMA_VERSION}")),
         "{}",
         r.stdout
     );
-    assert_eq!(schema_in(dst.path()), 2);
+    assert_eq!(schema_in(dst.path()), SCHEMA_VERSION);
 
     // serve refuses a newer database, and leaves it alone
     set_schema(&data, 99);
@@ -757,7 +791,9 @@ async fn schema_1_is_migrated_and_a_newer_schema_refused_by_serve_and_restore() 
     let mut err = String::new();
     std::io::Read::read_to_string(serve.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(
-        err.contains("written by a newer surepush (schema 99, this build reads up to 2)"),
+        err.contains(&format!(
+            "written by a newer surepush (schema 99, this build reads up to {SCHEMA_VERSION})"
+        )),
         "{err}"
     );
     assert_eq!(schema_in(&data), 99);
@@ -775,8 +811,9 @@ async fn schema_1_is_migrated_and_a_newer_schema_refused_by_serve_and_restore() 
     let r = restore(dst.path(), &newer).await;
     assert!(!r.ok);
     assert!(
-        r.stderr
-            .contains("database of schema 99, newer than this build reads (2)"),
+        r.stderr.contains(&format!(
+            "database of schema 99, newer than this build reads ({SCHEMA_VERSION})"
+        )),
         "{}",
         r.stderr
     );

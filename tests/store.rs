@@ -875,7 +875,9 @@ async fn retention_by_count_is_bounded_per_pass_and_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = storage(8192);
     cfg.retention_max_events_per_topic = 5;
-    let log = open(&db_path(&dir), &cfg);
+    let path = db_path(&dir);
+    let log = open(&path, &cfg);
+    // each batch is one index run, which the passes cut part way
     log.publish((0..30).map(|i| ev("w/a", "t", json!(i))).collect())
         .await
         .unwrap();
@@ -920,6 +922,18 @@ async fn retention_by_count_is_bounded_per_pass_and_finishes() {
     assert_eq!(r.deleted_by_count, 1, "{r:?}");
     let got = read_all(&log, 0, &pats(&["w/a"]), 100).await;
     assert_eq!(seqs(&got), [27, 28, 29, 30, 39]);
+    // the same from disk alone (no ring): the index was cut, not just the events
+    log.close().await.unwrap();
+    drop(log);
+    let log = open(&path, &storage(0));
+    let got = read_all(&log, 0, &pats(&["w/a"]), 2).await;
+    assert_eq!(seqs(&got), [27, 28, 29, 30, 39]);
+    let got = read_all(&log, 28, &pats(&["w/a"]), 100).await;
+    assert_eq!(seqs(&got), [29, 30, 39]);
+    let got = read_all(&log, 0, &pats(&["w/b"]), 100).await;
+    assert_eq!(seqs(&got), (34..39).collect::<Vec<_>>());
+    let page = log.topic_page("w/a", Some(30), 3).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [29, 28, 27]);
 }
 
 /// Readers must not be handed events retention has already deleted: an event that a

@@ -21,7 +21,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{jobs, keys, migrate, now_ms, StoreError, SCHEMA_VERSION};
+use super::{index, jobs, keys, migrate, now_ms, StoreError, SCHEMA_VERSION};
 
 pub const MAGIC: &[u8; 8] = b"SPBACKUP";
 pub const FORMAT_VERSION: u16 = 1;
@@ -251,7 +251,7 @@ impl<W: Write> Snapshot<W> {
         }
         for kv in log.scan_prefix([keys::INDEX]) {
             let (k, v) = kv?;
-            if keys::index_seq(&k).is_some_and(|seq| seq <= head) {
+            if let Some(v) = index::clamp_to(&k, &v, head) {
                 self.pair(name, &k, &v)?;
             }
         }

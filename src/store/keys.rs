@@ -2,7 +2,8 @@
 //! across events, index and metadata (and later jobs).
 //!
 //! - `e` seq(8, BE)              -> encoded event record
-//! - `i` topic 0x00 seq(8, BE)   -> empty (per-topic index, ordered by seq)
+//! - `i` topic 0x00 first(8, BE) -> empty or last(8, BE): a run of the topic's seqs
+//!   (the per-topic index, ordered by seq; see `index`)
 //! - `t` topic                   -> topic metadata
 //! - `m` name                    -> database metadata (schema, epoch, next_seq, ...)
 

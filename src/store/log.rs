@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+use super::index;
 use super::job_ops::{JobOp, JobReply};
 use super::jobs::{self, JobRecord, QueueCounts};
 use super::meta::{self, TopicMeta};
@@ -517,20 +518,19 @@ impl EventLog {
         let shared = self.shared.clone();
         let topic = topic.to_string();
         blocking(move || {
-            let from = keys::index(&topic, 0);
-            let to = keys::index(&topic, before.unwrap_or(u64::MAX));
             let mut out = Vec::new();
-            for kv in shared.tree.range(from..to).rev() {
-                let (k, _) = kv?;
-                let Some(seq) = keys::index_seq(&k) else {
-                    continue;
-                };
-                if let Some(rec) = shared.tree.get(keys::event(seq))? {
-                    out.push(decode_record(seq, shared.epoch, &rec)?);
-                    if out.len() >= limit {
-                        break;
+            let mut below = before;
+            // an index run may outlive some of its events for a moment (retention):
+            // read on until `limit` events are found or the index ends
+            while out.len() < limit {
+                let seqs = index::seqs_before(&shared.tree, &topic, below, limit - out.len())?;
+                let Some(&oldest) = seqs.last() else { break };
+                for seq in seqs {
+                    if let Some(rec) = shared.tree.get(keys::event(seq))? {
+                        out.push(decode_record(seq, shared.epoch, &rec)?);
                     }
                 }
+                below = Some(oldest);
             }
             Ok(out)
         })
@@ -665,14 +665,7 @@ fn read_by_index(
 ) -> Result<ReadBatch, StoreError> {
     let mut seqs = Vec::new();
     for t in topics {
-        let from = keys::index(t, after + 1);
-        let to = keys::index(t, upto);
-        for kv in shared.tree.range(from..=to).take(limit) {
-            let (k, _) = kv?;
-            if let Some(s) = keys::index_seq(&k) {
-                seqs.push(s);
-            }
-        }
+        seqs.extend(index::seqs_after(&shared.tree, t, after, upto, limit)?);
     }
     seqs.sort_unstable();
     seqs.dedup();

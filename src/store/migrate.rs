@@ -15,6 +15,10 @@
 //! 1. events, index, topic metadata, jobs; markers `schema`, `epoch`, `next_seq`.
 //! 2. adds `created_ms` (when the database was made) and `written_by` (the surepush
 //!    version that last opened it for writing).
+//! 3. index entries may be runs (`i` topic 0x00 first -> last), see `index.rs`. Every
+//!    schema-2 entry is already a run of one, so the step writes nothing but the
+//!    marker, which keeps older builds (which would read a run as its first event
+//!    alone) from opening the database.
 
 use std::collections::BTreeMap;
 
@@ -59,11 +63,19 @@ struct Step {
     run: fn(&mut Pending) -> Result<(), StoreError>,
 }
 
-const STEPS: &[Step] = &[Step {
-    from: 1,
-    what: "record the creation time (the oldest retained event's, or now) and the writer version",
-    run: step_1_to_2,
-}];
+const STEPS: &[Step] = &[
+    Step {
+        from: 1,
+        what:
+            "record the creation time (the oldest retained event's, or now) and the writer version",
+        run: step_1_to_2,
+    },
+    Step {
+        from: 2,
+        what: "per-topic index entries may be runs of seqs (existing entries are runs of one)",
+        run: step_2_to_3,
+    },
+];
 
 fn step_1_to_2(p: &mut Pending) -> Result<(), StoreError> {
     let oldest = p
@@ -75,6 +87,10 @@ fn step_1_to_2(p: &mut Pending) -> Result<(), StoreError> {
     let created = oldest.unwrap_or_else(now_ms);
     p.insert(keys::meta(CREATED_MS), created.to_be_bytes());
     p.insert(keys::meta(WRITTEN_BY), VERSION.as_bytes());
+    Ok(())
+}
+
+fn step_2_to_3(_: &mut Pending) -> Result<(), StoreError> {
     Ok(())
 }
 
@@ -227,8 +243,8 @@ mod tests {
         tree.insert(keys::event(5), rec).unwrap();
         let o = upgrade(&db, &tree).unwrap();
         assert_eq!(o.found, Some(1));
-        assert_eq!(o.steps.len(), 1);
-        assert_eq!(schema_of(&tree).unwrap(), Some(2));
+        assert_eq!(o.steps.len(), 2);
+        assert_eq!(schema_of(&tree).unwrap(), Some(3));
         assert_eq!(
             meta::get_u64(&tree, CREATED_MS).unwrap(),
             Some(1_600_000_000_000)

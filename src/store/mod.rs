@@ -1,6 +1,7 @@
 //! Durable storage on sled: the event log (and, later, the job queues) in one tree.
 
 pub mod backup;
+mod index;
 pub mod job_ops;
 pub mod jobs;
 mod keys;
@@ -27,7 +28,7 @@ pub fn sync_sled_file(db_dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Schema version this build writes; a database with a newer one is refused, an older
 /// one is migrated at open (`migrate.rs`).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

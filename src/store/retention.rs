@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
+use super::index;
 use super::log::Shared;
 use super::meta::{self, TopicMeta};
 use super::record::decode_head;
@@ -73,7 +74,6 @@ impl<'a> Deleter<'a> {
 
     fn delete(&mut self, seq: u64, topic: &str) -> Result<(), StoreError> {
         self.batch.remove(&keys::event(seq));
-        self.batch.remove(keys::index(topic, seq));
         if !self.metas.contains_key(topic) {
             let m = TopicMeta::load(&self.shared.tree, topic)?;
             self.metas.insert(topic.to_string(), m);
@@ -126,6 +126,8 @@ impl<'a> Deleter<'a> {
             return Ok(());
         }
         for (topic, m) in &metas {
+            // Events leave a topic from its oldest end, so its index loses a prefix.
+            index::trim_through(&shared.tree, &mut batch, topic, m.trimmed_through)?;
             batch.insert(keys::topic(topic), &m.encode());
         }
         batch.insert(keys::meta(meta::MAX_TRIMMED), &max_trimmed.to_be_bytes());
@@ -207,17 +209,7 @@ pub(super) fn run(
                 continue;
             }
             let room = limit.saturating_sub(d.count);
-            let mut seqs = Vec::new();
-            for kv in shared
-                .tree
-                .scan_prefix(keys::index_prefix(&topic))
-                .take(excess.min(room))
-            {
-                let (k, _) = kv?;
-                if let Some(s) = keys::index_seq(&k) {
-                    seqs.push(s);
-                }
-            }
+            let seqs = index::oldest_seqs(&shared.tree, &topic, excess.min(room))?;
             for s in &seqs {
                 d.delete(*s, &topic)?;
             }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::index::RunsBuilder;
 use super::job_ops::{JobOp, JobReply};
 use super::log::{NewEvent, Shared};
 use super::meta::{self, TopicMeta};
@@ -188,6 +189,8 @@ pub(super) struct EventBatch {
     pub batch: sled::Batch,
     pub metas: HashMap<Topic, TopicMeta>,
     pub records: Vec<(u64, Vec<u8>)>,
+    /// The per-topic index entries of the staged events.
+    pub runs: RunsBuilder,
 }
 
 impl Commit {
@@ -301,7 +304,7 @@ impl Writer {
         let json = event_json(id, topic.as_str(), kind, data_json, time_ms);
         let rec = encode_record(time_ms, topic.as_str(), kind, &json);
         eb.batch.insert(&keys::event(seq), rec.as_slice());
-        eb.batch.insert(keys::index(topic.as_str(), seq), &[]);
+        eb.runs.push(topic, seq);
         let m = eb.metas.entry(topic.clone()).or_insert_with(|| {
             TopicMeta::load(&self.shared.tree, topic.as_str()).unwrap_or_default()
         });
@@ -312,8 +315,9 @@ impl Writer {
         id
     }
 
-    /// Writes staged topic metadata and the seq counter into `batch`.
+    /// Writes the staged index runs, topic metadata and the seq counter into `batch`.
     pub(super) fn seal(&self, eb: &mut EventBatch) {
+        eb.runs.write_into(&mut eb.batch);
         for (topic, m) in &eb.metas {
             eb.batch.insert(keys::topic(topic.as_str()), &m.encode());
         }

@@ -119,6 +119,15 @@ enum Cmd {
         common: Common,
         #[arg(long, default_value_t = 5)]
         secs: u64,
+        /// Only these publishers x batch scenarios (e.g. `4x1000,8x100`); default: all.
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<publish::Scenario>,
+        /// Only these durability modes (`flush_every_write`, `group_commit`); default: both.
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
+        /// Skip the raw sled ceiling.
+        #[arg(long)]
+        no_ceiling: bool,
     },
     /// Long-poll request rate under steady publishing.
     Longpoll {
@@ -220,8 +229,19 @@ fn main() -> ExitCode {
                 .await
             }
             Cmd::Idle { common, conns } => suite::idle_cmd(&common, &conns).await,
-            Cmd::Publish { common, secs } => {
-                let rows = publish::run(&common, secs).await?;
+            Cmd::Publish {
+                common,
+                secs,
+                scenarios,
+                modes,
+                no_ceiling,
+            } => {
+                let only = publish::Only {
+                    scenarios,
+                    modes,
+                    ceiling: !no_ceiling,
+                };
+                let rows = publish::run(&common, secs, &only).await?;
                 for r in &rows {
                     println!("{}", r.line());
                 }

@@ -31,18 +31,74 @@ impl PubRow {
     }
 }
 
-const SCENARIOS: [(usize, usize); 5] = [(1, 1), (16, 1), (64, 1), (8, 100), (4, 1000)];
+const SCENARIOS: [Scenario; 5] = [
+    Scenario(1, 1),
+    Scenario(16, 1),
+    Scenario(64, 1),
+    Scenario(8, 100),
+    Scenario(4, 1000),
+];
 
-pub async fn run(common: &Common, secs: u64) -> io::Result<Vec<PubRow>> {
+/// `publishers x batch`, written `4x1000`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scenario(pub usize, pub usize);
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not PUBLISHERSxBATCH, e.g. 4x1000");
+        let (p, b) = s.split_once('x').ok_or_else(bad)?;
+        let p: usize = p.trim().parse().map_err(|_| bad())?;
+        let b: usize = b.trim().parse().map_err(|_| bad())?;
+        if p == 0 || b == 0 {
+            return Err(bad());
+        }
+        Ok(Scenario(p, b))
+    }
+}
+
+/// Which runs (e.g. one case to profile); empty lists mean the default set.
+#[derive(Clone, Debug)]
+pub struct Only {
+    pub scenarios: Vec<Scenario>,
+    pub modes: Vec<String>,
+    pub ceiling: bool,
+}
+
+impl Default for Only {
+    fn default() -> Self {
+        Only {
+            scenarios: Vec::new(),
+            modes: Vec::new(),
+            ceiling: true,
+        }
+    }
+}
+
+pub async fn run(common: &Common, secs: u64, only: &Only) -> io::Result<Vec<PubRow>> {
     let mut rows = Vec::new();
-    for (what, env) in [
-        ("surepush flush_every_write (default)", vec![]),
+    for (mode, what, env) in [
         (
+            "flush_every_write",
+            "surepush flush_every_write (default)",
+            vec![],
+        ),
+        (
+            "group_commit",
             "surepush group_commit 2 ms",
             vec![("SUREPUSH_STORAGE__DURABILITY", "group_commit")],
         ),
     ] {
-        for (publishers, batch) in SCENARIOS {
+        if !only.modes.is_empty() && !only.modes.iter().any(|m| m == mode) {
+            continue;
+        }
+        let scenarios = if only.scenarios.is_empty() {
+            &SCENARIOS[..]
+        } else {
+            &only.scenarios[..]
+        };
+        for &scenario in scenarios {
+            let Scenario(publishers, batch) = scenario;
             let server = child::spawn(&common.bin(), &common.data_parent, true, &env)?;
             let target = crate::surepush_target(&server, Proto::TlsH1);
             let (rate, errors) = publish_rate(&target, publishers, batch, secs).await;
@@ -55,6 +111,9 @@ pub async fn run(common: &Common, secs: u64) -> io::Result<Vec<PubRow>> {
             });
             println!("{}", rows.last().expect("pushed").line());
         }
+    }
+    if !only.ceiling {
+        return Ok(rows);
     }
     let dir = common.data_parent.clone();
     for (fsync, batch) in [false, true]

@@ -205,7 +205,7 @@ pub async fn run(a: &SuiteArgs) -> io::Result<bool> {
     }
     md.push_str("\n## Idle capacity (SSE streams, HTTP/1.1)\n\n");
     md.push_str(&table(&IDLE_HEADER, &idle_rows));
-    let pubs = publish::run(&a.common, a.publish_secs).await?;
+    let pubs = publish::run(&a.common, a.publish_secs, &publish::Only::default()).await?;
     md.push_str("\n## Durable publish throughput (TLS h1, events acknowledged 201)\n\n");
     md.push_str(&table(
         &["what", "publishers", "batch", "events/s", "errors"],
