@@ -33,6 +33,7 @@ pub struct Metrics {
     pub retention_deleted: Counter,
     pub storage_bytes: Gauge,
     pub commit_group_events: Histogram,
+    pub storage_flush_seconds: Histogram,
     pub publish_errors: Counter,
     pub job_attempts: Counter,
     pub lease_expiries: Counter,
@@ -104,6 +105,14 @@ impl Metrics {
             "Events made durable by one flush (group commit size)",
             commit_group_events.clone(),
         );
+        let storage_flush_seconds = Histogram::new([
+            0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ]);
+        registry.register(
+            "storage_flush_seconds",
+            "Time of one durable flush of a commit group (sled flush + fdatasync)",
+            storage_flush_seconds.clone(),
+        );
         let publish_errors = Counter::default();
         registry.register(
             "publish_errors",
@@ -146,6 +155,7 @@ impl Metrics {
             retention_deleted,
             storage_bytes,
             commit_group_events,
+            storage_flush_seconds,
             publish_errors,
         }
     }

@@ -527,6 +527,7 @@ async fn ops_endpoints() {
         "surepush_fallbacks_total{reason=\"canary_timeout\"} 1",
         "surepush_storage_bytes",
         "surepush_commit_group_events_count",
+        "surepush_storage_flush_seconds_count 1",
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }

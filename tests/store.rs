@@ -1352,6 +1352,10 @@ async fn concurrent_publishers(durability: Durability, window_ms: u64) {
     let text = metrics.render();
     let groups = metric(&text, "surepush_commit_group_events_count");
     let sum = metric(&text, "surepush_commit_group_events_sum");
+    // every group flush is timed, and flushes share the groups' count
+    let flushes = metric(&text, "surepush_storage_flush_seconds_count");
+    assert_eq!(flushes, groups, "{text}");
+    assert!(metric(&text, "surepush_storage_flush_seconds_sum") > 0.0);
     let published = metric(&text, "surepush_events_published_total");
     assert_eq!(sum as usize, total, "{text}");
     assert_eq!(published as usize, total);

@@ -409,7 +409,13 @@ impl Flusher {
     /// replies, wake-ups.
     fn finish(&self, commits: Vec<Commit>) {
         let shared = &self.shared;
-        if let Err(e) = shared.sync() {
+        let started = Instant::now();
+        let synced = shared.sync();
+        shared
+            .metrics
+            .storage_flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = synced {
             tracing::error!(error = %e, "cannot flush the database to disk");
             shared.metrics.publish_errors.inc();
             let msg = e.to_string();
