@@ -233,6 +233,11 @@ fn build_http_server(
     .max_connection_rate(limits.max_pending_handshakes)
     .keep_alive(Duration::from_secs(limits.keep_alive_secs))
     .client_request_timeout(Duration::from_millis(limits.header_timeout_ms))
+    // A client that closes its side has gone (browsers, EventSource and proxies never
+    // half-close and then wait for a response), so its stream ends at once, as nginx
+    // does, instead of holding its socket and subscription until the next heartbeat
+    // write fails.
+    .h1_allow_half_closed(false)
     .tls_handshake_timeout(Duration::from_millis(limits.tls_handshake_timeout_ms))
     .shutdown_timeout(5)
     .disable_signals();

@@ -232,7 +232,24 @@ where
     let mut body = pin!(body);
 
     // poll response body and send chunks to client
-    while let Some(res) = poll_fn(|cx| body.as_mut().poll_next(cx)).await {
+    loop {
+        // surepush: while the body has nothing to send, also watch for the client resetting
+        // the stream (or the connection going away): a long-lived body (an SSE stream)
+        // would otherwise hold the stream, and the whole connection, until its next chunk.
+        let next = poll_fn(|cx| match body.as_mut().poll_next(cx) {
+            Poll::Ready(next) => Poll::Ready(Some(next)),
+            Poll::Pending => match stream.poll_reset(cx) {
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        })
+        .await;
+        let res = match next {
+            Some(Some(res)) => res,
+            Some(None) => break,
+            // reset by the client: drop the body
+            None => return Ok(()),
+        };
         let mut chunk = res.map_err(|err| DispatchError::ResponseBody(err.into()))?;
 
         'send: loop {

@@ -1,11 +1,15 @@
-//! The HTTP/1.1 connection code surepush runs is actix-http with one change
-//! (vendor/actix-http/PATCHED.md): a connection holds no read or write buffer while it
-//! waits. These tests drive raw sockets over plain HTTP/1.1 through every path where the
+//! The connection code surepush runs is actix-http with two changes
+//! (vendor/actix-http/PATCHED.md): an HTTP/1.1 connection holds no read or write buffer
+//! while it waits, and an HTTP/2 response task lets go of a stream the client reset.
+//! These tests drive raw sockets over plain HTTP/1.1 through every path where the
 //! buffers are now dropped and made again: pipelined requests, bodies that arrive in
-//! pieces, keep-alive after an idle pause, large responses, and a long SSE stream.
+//! pieces, keep-alive after an idle pause, large responses, and a long SSE stream; and
+//! check that a subscriber who leaves (closed connection, half close, HTTP/2 reset) is
+//! let go at once over plain HTTP/1.1, TLS HTTP/1.1 and HTTP/2.
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -205,4 +209,157 @@ async fn a_long_sse_stream_over_plain_http1_delivers_every_event_once() {
     }
     publisher.await.unwrap();
     assert_eq!(seen, (0..200).collect::<Vec<i64>>());
+}
+
+/// The `surepush_connections` gauge for SSE streams, over HTTP versions.
+async fn sse_streams(srv: &TestServer) -> u64 {
+    srv.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("surepush_connections{transport=\"sse_stream\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Opens a raw SSE stream and reads until its canary: the server holds it.
+async fn open_stream(srv: &TestServer, topic: &str) -> TcpStream {
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let req = format!("GET /v1/stream?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    while find(&buf, b"surepush.hello").is_none() {
+        read_more(&mut s, &mut buf).await;
+    }
+    s
+}
+
+async fn wait_sse_streams(srv: &TestServer, want: u64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let n = sse_streams(srv).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} SSE streams held, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A subscriber that closes its connection is let go at once, not when the next
+/// heartbeat write fails: a server with client churn would otherwise hold a socket and
+/// a subscription per departed client for up to a heartbeat interval (regression: the
+/// bench's 5 000-subscriber runs reached the open-files limit this way).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stream_is_released_before_the_next_heartbeat() {
+    let srv = TestServer::start_with(|c| {
+        c.insecure_http = true;
+        c.push.heartbeat_secs = 60;
+    })
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(open_stream(&srv, "buf/gone").await);
+    }
+    wait_sse_streams(&srv, 20, WAIT).await;
+    // a full close of half of them, and a half close (FIN, still reading) of five more
+    let rest = streams.split_off(10);
+    drop(streams);
+    let mut rest = rest.into_iter();
+    let mut half_closed = Vec::new();
+    for s in rest.by_ref().take(5) {
+        let mut s = s;
+        s.shutdown().await.unwrap();
+        half_closed.push(s);
+    }
+    let kept: Vec<TcpStream> = rest.collect();
+    // far sooner than the 60 s heartbeat would have found out
+    wait_sse_streams(&srv, 5, Duration::from_secs(10)).await;
+    // the half-closed ones were answered with a close, not left hanging
+    for mut s in half_closed {
+        let mut sink = Vec::new();
+        let r = timeout(WAIT, s.read_to_end(&mut sink)).await;
+        assert!(
+            r.is_ok(),
+            "a half-closed stream was not closed by the server"
+        );
+    }
+    // the others still get events
+    srv.publish("buf/gone", json!("still here")).await;
+    for mut s in kept {
+        let mut buf = Vec::new();
+        while find(&buf, b"still here").is_none() {
+            read_more(&mut s, &mut buf).await;
+        }
+    }
+}
+
+/// A raw TLS connection (HTTP/1.1 by ALPN) holding an SSE stream, read up to its canary.
+async fn open_tls_stream(
+    srv: &TestServer,
+    topic: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(support::CertRecorder::default()))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(srv.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let req = format!("GET /v1/stream?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    while find(&buf, b"surepush.hello").is_none() {
+        let mut chunk = [0u8; 4096];
+        let n = timeout(WAIT, s.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before the canary");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    s
+}
+
+/// The same over TLS: HTTP/1.1 connections closed, HTTP/2 streams reset (a dropped
+/// response) and HTTP/2 connections closed (a dropped client). Over HTTP/2 the stream
+/// is released by actix-http's response task watching for the reset
+/// (vendor/actix-http/PATCHED.md); before, it waited for the body's next chunk.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_tls_stream_is_released_before_the_next_heartbeat() {
+    let srv = TestServer::start_with(|c| c.push.heartbeat_secs = 60).await;
+    let mut h1 = Vec::new();
+    for _ in 0..6 {
+        h1.push(open_tls_stream(&srv, "buf/tls").await);
+    }
+    wait_sse_streams(&srv, 6, WAIT).await;
+    h1.truncate(2);
+    wait_sse_streams(&srv, 2, Duration::from_secs(10)).await;
+    drop(h1);
+    wait_sse_streams(&srv, 0, Duration::from_secs(10)).await;
+
+    let client = support::client();
+    let mut h2 = Vec::new();
+    for _ in 0..6 {
+        let mut r = client
+            .get(srv.url("/v1/stream?topic=buf/tls"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        let first = timeout(WAIT, r.chunk()).await.unwrap().unwrap().unwrap();
+        assert!(find(&first, b"surepush.hello").is_some());
+        h2.push(r);
+    }
+    wait_sse_streams(&srv, 6, WAIT).await;
+    // streams reset, the connection stays
+    h2.truncate(2);
+    wait_sse_streams(&srv, 2, Duration::from_secs(10)).await;
+    // the connection closed under its last streams
+    drop(client);
+    drop(h2);
+    wait_sse_streams(&srv, 0, Duration::from_secs(10)).await;
 }
