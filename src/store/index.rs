@@ -160,25 +160,6 @@ pub fn seqs_before(
     Ok(out)
 }
 
-/// The topic's oldest seqs, ascending, at most `limit`.
-pub fn oldest_seqs(tree: &sled::Tree, topic: &str, limit: usize) -> Result<Vec<u64>, StoreError> {
-    let mut out = Vec::new();
-    for kv in tree.scan_prefix(keys::index_prefix(topic)) {
-        if out.len() >= limit {
-            break;
-        }
-        let (k, v) = kv?;
-        if let Some(run) = Run::decode(&k, &v) {
-            let mut s = run.first;
-            while s <= run.last && out.len() < limit {
-                out.push(s);
-                s += 1;
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Stages into `batch` the removal of every index entry of `topic` up to `through`: runs
 /// wholly at or below it go, a run reaching past it starts again at `through + 1`.
 pub fn trim_through(
@@ -250,14 +231,19 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn consecutive_events_of_a_topic_are_one_entry() {
+    /// a: 1..=3 and 5..=6; b: 4, written as one batch.
+    fn sample() -> sled::Tree {
         let t = tree();
         write(
             &t,
             &[("a", 1), ("a", 2), ("a", 3), ("b", 4), ("a", 5), ("a", 6)],
         );
-        // a: 1..=3 and 5..=6; b: 4
+        t
+    }
+
+    #[test]
+    fn consecutive_events_of_a_topic_are_one_entry() {
+        let t = sample();
         assert_eq!(entries(&t), vec![(1, 3), (5, 6), (4, 4)]);
         // a run of one is stored as schema 2 stored every entry: an empty value
         assert_eq!(t.get(keys::index("b", 4)).unwrap().unwrap().len(), 0);
@@ -267,11 +253,7 @@ mod tests {
 
     #[test]
     fn reads_cut_runs_at_both_ends() {
-        let t = tree();
-        write(
-            &t,
-            &[("a", 1), ("a", 2), ("a", 3), ("b", 4), ("a", 5), ("a", 6)],
-        );
+        let t = sample();
         write(&t, &[("a", 7)]); // schema-2 style single entries mix with runs
         let all = |after, upto, limit| seqs_after(&t, "a", after, upto, limit).unwrap();
         assert_eq!(all(0, u64::MAX, 100), vec![1, 2, 3, 5, 6, 7]);
@@ -289,16 +271,11 @@ mod tests {
         assert_eq!(back(Some(3), 100), vec![2, 1]);
         assert_eq!(back(Some(6), 2), vec![5, 3]);
         assert_eq!(back(Some(0), 10), Vec::<u64>::new());
-        assert_eq!(oldest_seqs(&t, "a", 4).unwrap(), vec![1, 2, 3, 5]);
     }
 
     #[test]
     fn trimming_cuts_the_front_run() {
-        let t = tree();
-        write(
-            &t,
-            &[("a", 1), ("a", 2), ("a", 3), ("b", 4), ("a", 5), ("a", 6)],
-        );
+        let t = sample();
         let mut batch = sled::Batch::default();
         trim_through(&t, &mut batch, "a", 2).unwrap();
         t.apply_batch(batch).unwrap();

@@ -209,7 +209,8 @@ pub(super) fn run(
                 continue;
             }
             let room = limit.saturating_sub(d.count);
-            let seqs = index::oldest_seqs(&shared.tree, &topic, excess.min(room))?;
+            // the oldest: seqs start at 1, so all after 0
+            let seqs = index::seqs_after(&shared.tree, &topic, 0, u64::MAX, excess.min(room))?;
             for s in &seqs {
                 d.delete(*s, &topic)?;
             }
