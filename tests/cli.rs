@@ -192,26 +192,9 @@ async fn publish_batch(base: &str, events: Value) -> Vec<String> {
         .collect()
 }
 
-/// Sum of `surepush_connections{transport="..."}` over HTTP versions.
-async fn connections(base: &str, transport: &str) -> u64 {
-    let text = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let label = format!("transport=\"{transport}\"");
-    text.lines()
-        .filter(|l| l.starts_with("surepush_connections{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 async fn wait_connections(base: &str, transport: &str, at_least: u64) {
     for _ in 0..600 {
-        if connections(base, transport).await >= at_least {
+        if support::connections(base, transport).await >= at_least {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

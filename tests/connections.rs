@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -211,16 +210,6 @@ async fn a_long_sse_stream_over_plain_http1_delivers_every_event_once() {
     assert_eq!(seen, (0..200).collect::<Vec<i64>>());
 }
 
-/// The `surepush_connections` gauge for SSE streams, over HTTP versions.
-async fn sse_streams(srv: &TestServer) -> u64 {
-    srv.metrics()
-        .await
-        .lines()
-        .filter(|l| l.starts_with("surepush_connections{transport=\"sse_stream\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// Opens a raw SSE stream and reads until its canary: the server holds it.
 async fn open_stream(srv: &TestServer, topic: &str) -> TcpStream {
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
@@ -236,7 +225,7 @@ async fn open_stream(srv: &TestServer, topic: &str) -> TcpStream {
 async fn wait_sse_streams(srv: &TestServer, want: u64, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let n = sse_streams(srv).await;
+        let n = support::connections(&srv.base_url, "sse_stream").await;
         if n == want {
             return;
         }
@@ -301,17 +290,7 @@ async fn open_tls_stream(
     srv: &TestServer,
     topic: &str,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut config = rustls::ClientConfig::builder()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(support::CertRecorder::default()))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(srv.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut s = support::tls_h1(TcpStream::connect(srv.addr).await.unwrap()).await;
     let req = format!("GET /v1/stream?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();

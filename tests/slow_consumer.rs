@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -54,14 +53,7 @@ async fn stalled_reader_is_cut_and_resumes_without_loss() {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(16 * 1024).unwrap();
     let tcp = sock.connect(s.addr).await.unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CertRecorder::default()))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_h1(tcp).await;
     tls.write_all(b"GET /v1/stream?topic=slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();

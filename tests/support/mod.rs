@@ -172,6 +172,40 @@ fn bind_retrying(addr: SocketAddr) -> std::net::TcpListener {
     panic!("cannot bind {addr}");
 }
 
+/// Sum of `surepush_connections{transport="..."}` over HTTP versions.
+pub async fn connections(base: &str, transport: &str) -> u64 {
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let label = format!("transport=\"{transport}\"");
+    text.lines()
+        .filter(|l| l.starts_with("surepush_connections{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A raw TLS connection over `tcp` offering only HTTP/1.1, trusting any certificate.
+pub async fn tls_h1(
+    tcp: tokio::net::TcpStream,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    init();
+    let mut cfg = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CertRecorder::default()))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
 /// HTTPS client trusting the self-signed certificate; ALPN offers h2 and http/1.1.
 pub fn client() -> reqwest::Client {
     init();
