@@ -47,6 +47,13 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    /// The server's disk is full (507, with Retry-After): nothing of the request was
+    /// stored; reads go on.
+    #[error("{message}")]
+    InsufficientStorage {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -89,6 +96,7 @@ impl ApiError {
             | ApiError::TooMany { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Unavailable { code, .. } => code,
+            ApiError::InsufficientStorage { .. } => "disk_full",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Internal(_) => "internal",
@@ -133,11 +141,22 @@ impl From<StoreError> for ApiError {
                 message: "the server is shutting down; retry shortly".into(),
                 retry_after_secs: 2,
             },
+            // Clients get a sentence; the details go to the log.
+            other if other.is_disk_full() => {
+                tracing::error!(error = %other, "storage error: the disk is full");
+                ApiError::InsufficientStorage {
+                    message: "the server's disk is full: nothing of this request was stored \
+                              and everything accepted before is safe; retry later"
+                        .into(),
+                    retry_after_secs: 30,
+                }
+            }
             other => {
                 tracing::error!(error = %other, "storage error");
                 ApiError::Unavailable {
                     code: "storage_unavailable",
-                    message: format!("storage failed: {other}"),
+                    message: "the server cannot write to its storage right now; retry shortly"
+                        .into(),
                     retry_after_secs: 5,
                 }
             }
@@ -158,6 +177,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -167,6 +187,9 @@ impl ResponseError for ApiError {
         resp.insert_header((header::CACHE_CONTROL, "no-store"));
         match self {
             ApiError::Unavailable {
+                retry_after_secs, ..
+            }
+            | ApiError::InsufficientStorage {
                 retry_after_secs, ..
             }
             | ApiError::TooMany {
@@ -204,5 +227,45 @@ mod tests {
         let r = ApiError::from(StoreError::Closed).error_response();
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers().get("retry-after").unwrap(), "2");
+    }
+
+    fn body_of(e: StoreError) -> (u16, Option<String>, serde_json::Value) {
+        let r = ApiError::from(e).error_response();
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = r.into_body().try_into_bytes().unwrap();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// Issue 14: a full disk answered 503 with `Os { code: 28, kind: StorageFull, .. }`.
+    #[test]
+    fn storage_errors_reach_clients_as_a_sentence() {
+        let enospc = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        for e in [
+            StoreError::Db(sled::Error::Io(enospc())),
+            StoreError::DiskFull,
+            StoreError::DiskFull.for_waiter(),
+        ] {
+            let (status, retry, body) = body_of(e);
+            assert_eq!(status, 507);
+            assert_eq!(retry.as_deref(), Some("30"));
+            assert_eq!(body["error"], "disk_full");
+            assert!(body["message"].as_str().unwrap().contains("disk is full"));
+        }
+        let eio = StoreError::Db(sled::Error::Io(std::io::Error::from_raw_os_error(
+            libc::EIO,
+        )));
+        let (status, retry, body) = body_of(eio.for_waiter());
+        assert_eq!(status, 503);
+        assert_eq!(retry.as_deref(), Some("5"));
+        assert_eq!(body["error"], "storage_unavailable");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            !message.contains("Os {") && !message.contains("code:"),
+            "{message}"
+        );
     }
 }

@@ -50,6 +50,33 @@ pub enum StoreError {
     Job(#[from] jobs::JobError),
     #[error("a storage task failed: {0}")]
     Task(String),
+    /// The filesystem is full (ENOSPC): nothing of the write was kept, and what was
+    /// already accepted is safe.
+    #[error("the disk is full")]
+    DiskFull,
+}
+
+impl StoreError {
+    /// True for an error that comes from a full filesystem, however it was wrapped.
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            StoreError::DiskFull => return true,
+            StoreError::Db(sled::Error::Io(e)) => e,
+            StoreError::Backup(backup::BackupError::Io(e)) => e,
+            _ => return false,
+        };
+        io.raw_os_error() == Some(libc::ENOSPC) || io.kind() == std::io::ErrorKind::StorageFull
+    }
+
+    /// The same error for each waiter of one failed write (errors are not `Clone`): a
+    /// full disk stays one, anything else becomes its text.
+    pub(crate) fn for_waiter(&self) -> StoreError {
+        if self.is_disk_full() {
+            StoreError::DiskFull
+        } else {
+            StoreError::Task(format!("storage write failed: {self}"))
+        }
+    }
 }
 
 /// Runs blocking sled work off the async executor. The one place that does so.
@@ -68,4 +95,24 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_apart_through_sled_and_waiters() {
+        let enospc = StoreError::Db(sled::Error::Io(std::io::Error::from_raw_os_error(
+            libc::ENOSPC,
+        )));
+        assert!(enospc.is_disk_full());
+        assert!(matches!(enospc.for_waiter(), StoreError::DiskFull));
+        let eio = StoreError::Db(sled::Error::Io(std::io::Error::from_raw_os_error(
+            libc::EIO,
+        )));
+        assert!(!eio.is_disk_full());
+        assert!(matches!(eio.for_waiter(), StoreError::Task(_)));
+        assert!(!StoreError::Closed.is_disk_full());
+    }
 }

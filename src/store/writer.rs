@@ -181,7 +181,7 @@ pub(super) struct Commit {
 }
 
 /// Answers a caller once the group's flush succeeded (None) or failed (Some(error)).
-type PendingReply = Box<dyn FnOnce(Option<&str>) + Send>;
+type PendingReply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 /// A batch with the events it adds and the topic metadata they move.
 #[derive(Default)]
@@ -196,10 +196,10 @@ pub(super) struct EventBatch {
 impl Commit {
     /// Answers `reply` with `value` once the group is durable (or with the flush error).
     pub fn reply_after_flush<T: Send + 'static>(&mut self, reply: Reply<T>, value: T) {
-        self.replies.push(Box::new(move |err: Option<&str>| {
+        self.replies.push(Box::new(move |err: Option<&StoreError>| {
             let _ = reply.send(match err {
                 None => Ok(value),
-                Some(e) => Err(StoreError::Task(format!("storage write failed: {e}"))),
+                Some(e) => Err(e.for_waiter()),
             });
         }));
     }
@@ -360,7 +360,7 @@ impl Writer {
                 .publish_errors
                 .inc_by(publishes.len() as u64);
             for (_, reply) in publishes {
-                let _ = reply.send(Err(StoreError::Task(format!("storage write failed: {e}"))));
+                let _ = reply.send(Err(e.for_waiter()));
             }
             return;
         }
@@ -418,9 +418,8 @@ impl Flusher {
         if let Err(e) = synced {
             tracing::error!(error = %e, "cannot flush the database to disk");
             shared.metrics.publish_errors.inc();
-            let msg = e.to_string();
             for reply in commits.into_iter().flat_map(|c| c.replies) {
-                reply(Some(&msg));
+                reply(Some(&e));
             }
             return;
         }
