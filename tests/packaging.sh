@@ -103,12 +103,12 @@ expected | sort > "$work/expected"
 # --- .deb ----------------------------------------------------------------------------
 say "the .deb: $deb"
 info=$(dpkg-deb -I "$deb")
-echo "$info" | grep -qx " Package: surepush" || fail "deb: Package"
-echo "$info" | grep -qx " Version: $version-1" || fail "deb: Version"
-echo "$info" | grep -qx " Section: net" || fail "deb: Section"
+grep -qx " Package: surepush" <<<"$info" || fail "deb: Package"
+grep -qx " Version: $version-1" <<<"$info" || fail "deb: Version"
+grep -qx " Section: net" <<<"$info" || fail "deb: Section"
 depends=$(dpkg-deb -f "$deb" Depends)
 for d in libc6 passwd util-linux procps; do
-  echo "$depends" | grep -qE "(^|, )$d( |,|$)" || fail "deb: Depends lacks $d: $depends"
+  grep -qE "(^|, )$d( |,|$)" <<<"$depends" || fail "deb: Depends lacks $d: $depends"
 done
 ok "deb control: surepush $version-1, Section net, Depends: $depends"
 
@@ -139,10 +139,10 @@ ok "deb files: $(wc -l < "$work/deb-files") files, modes as expected, all root/r
 # --- .rpm ----------------------------------------------------------------------------
 say "the .rpm: $rpm"
 qi=$(rpm -qip "$rpm" 2>/dev/null)
-echo "$qi" | grep -qE '^Name +: surepush$' || fail "rpm: Name"
-echo "$qi" | grep -qE "^Version +: $version\$" || fail "rpm: Version"
-echo "$qi" | grep -qE '^Release +: 1$' || fail "rpm: Release"
-echo "$qi" | grep -qE '^License +: Apache-2.0$' || fail "rpm: License"
+grep -qE '^Name +: surepush$' <<<"$qi" || fail "rpm: Name"
+grep -qE "^Version +: $version\$" <<<"$qi" || fail "rpm: Version"
+grep -qE '^Release +: 1$' <<<"$qi" || fail "rpm: Release"
+grep -qE '^License +: Apache-2.0$' <<<"$qi" || fail "rpm: License"
 ok "rpm header: surepush-$version-1, Apache-2.0"
 # mode owner group ... path, directories left out
 rpm -qlvp "$rpm" 2>/dev/null | awk '$1 !~ /^d/ { print $1, $3, $4, $NF }' > "$work/rpm-files"
@@ -156,9 +156,9 @@ rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm" 2>/dev/null \
 ok "rpm configfiles: /etc/surepush/surepush.toml, %config(noreplace)"
 scripts=$(rpm -qp --scripts "$rpm" 2>/dev/null)
 for s in preinstall postinstall preuninstall postuninstall; do
-  echo "$scripts" | grep -q "^$s scriptlet (using /bin/sh):" || fail "rpm: no $s scriptlet"
+  grep -q "^$s scriptlet (using /bin/sh):" <<<"$scripts" || fail "rpm: no $s scriptlet"
 done
-if echo "$scripts" | grep -qx '#COMMON#'; then fail "rpm: a scriptlet still has #COMMON#"; fi
+if grep -qx '#COMMON#' <<<"$scripts"; then fail "rpm: a scriptlet still has #COMMON#"; fi
 for tag in PREIN POSTIN PREUN POSTUN; do
   rpm -qp --qf "%{$tag}" "$rpm" 2>/dev/null > "$work/rpm-$tag.sh"
   sh -n "$work/rpm-$tag.sh" || fail "rpm $tag: syntax"
@@ -168,7 +168,7 @@ grep -q 'try-restart' "$work/rpm-POSTUN.sh" || fail "rpm %postun: no try-restart
 ok "rpm scriptlets: %pre (user), %post (init, enable, start), %preun (stop on erase), %postun (try-restart)"
 requires=$(rpm -qp --requires "$rpm" 2>/dev/null)
 for r in /usr/sbin/useradd /usr/sbin/groupadd /usr/bin/setpriv /bin/sh 'libc.so.6()(64bit)'; do
-  echo "$requires" | grep -qxF "$r" || fail "rpm: Requires lacks $r: $requires"
+  grep -qxF "$r" <<<"$requires" || fail "rpm: Requires lacks $r: $requires"
 done
 glibc=$(echo "$requires" | sed -n 's/^libc.so.6(GLIBC_\([0-9.]*\))(64bit)$/\1/p' | sort -V | tail -1)
 ok "rpm requires: useradd, groupadd, setpriv, /bin/sh, glibc >= $glibc"
@@ -204,12 +204,12 @@ say "man pages"
 for p in $pages; do
   out=$(MANWIDTH=80 man --warnings -l "$root/usr/share/man/man1/$p.gz" 2>"$work/man.err" | col -b)
   [ ! -s "$work/man.err" ] || { cat "$work/man.err"; fail "man -l $p: warnings"; }
-  echo "$out" | grep -q '^NAME' || fail "man -l $p: no NAME section"
+  grep -q '^NAME' <<<"$out" || fail "man -l $p: no NAME section"
 done
 root_page=$(MANWIDTH=80 man -l "$root/usr/share/man/man1/surepush.1.gz" | col -b)
-echo "$root_page" | grep -q '/etc/surepush/surepush.toml' || fail "surepush.1: no FILES"
+grep -q '/etc/surepush/surepush.toml' <<<"$root_page" || fail "surepush.1: no FILES"
 serve_page=$(MANWIDTH=80 man -l "$root/usr/share/man/man1/surepush-serve.1.gz" | col -b)
-echo "$serve_page" | grep -q 'surepush serve --config /etc/surepush/surepush.toml' || fail "surepush-serve.1: no examples"
+grep -q 'surepush serve --config /etc/surepush/surepush.toml' <<<"$serve_page" || fail "surepush-serve.1: no examples"
 ok "man -l renders $(echo "$pages" | wc -l) pages without warnings ($(echo "$pages" | tr '\n' ' '))"
 
 # --- packaged config -------------------------------------------------------------------
@@ -273,7 +273,7 @@ user=$(grep '^surepush:' "$root/etc/passwd") || fail "no user surepush"
 uid=$(echo "$user" | cut -d: -f3)
 gid=$(echo "$user" | cut -d: -f4)
 [ "$uid" -lt 1000 ] || fail "surepush is not a system user: $user"
-echo "$user" | grep -q ':/var/lib/surepush:/usr/sbin/nologin$' || fail "surepush user: $user"
+grep -q ':/var/lib/surepush:/usr/sbin/nologin$' <<<"$user" || fail "surepush user: $user"
 [ "$(stat -c '%a %u %g' "$data")" = "750 $uid $gid" ] || fail "data dir: $(stat -c '%a %u %g' "$data")"
 for f in tls/cert.pem tls/key.pem signing.key; do
   [ -f "$data/$f" ] || fail "init did not create $f"
