@@ -204,6 +204,10 @@ pub struct StorageConfig {
     pub retention_interval_secs: u64,
     /// sled page cache size.
     pub cache_bytes: u64,
+    /// Size at which the event log starts a new segment file; retention frees disk a
+    /// whole segment at a time (0 = a sixteenth of `retention_max_disk_bytes`, within
+    /// 1-16 MiB).
+    pub segment_bytes: u64,
     /// Recent events kept in memory, pre-encoded, for fan-out without disk reads.
     pub recent_events_in_memory: usize,
 }
@@ -290,6 +294,7 @@ impl Default for StorageConfig {
             retention_max_disk_bytes: 4 << 30,
             retention_interval_secs: 60,
             cache_bytes: 256 << 20,
+            segment_bytes: 0,
             recent_events_in_memory: 8192,
         }
     }

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     pub retention_deleted: Counter,
     pub storage_bytes: Gauge,
+    pub storage_budget_unmet: Gauge,
+    pub storage_segments: Gauge,
     pub commit_group_events: Histogram,
     pub storage_flush_seconds: Histogram,
     pub publish_errors: Counter,
@@ -98,6 +100,18 @@ impl Metrics {
             "Size of the database on disk",
             storage_bytes.clone(),
         );
+        let storage_budget_unmet = Gauge::default();
+        registry.register(
+            "storage_budget_unmet",
+            "1 when retention_max_disk_bytes cannot be met by deleting old events",
+            storage_budget_unmet.clone(),
+        );
+        let storage_segments = Gauge::default();
+        registry.register(
+            "storage_segments",
+            "Event segment files on disk",
+            storage_segments.clone(),
+        );
         let commit_group_events =
             Histogram::new([1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]);
         registry.register(
@@ -154,6 +168,8 @@ impl Metrics {
             slow_consumer_disconnects,
             retention_deleted,
             storage_bytes,
+            storage_budget_unmet,
+            storage_segments,
             commit_group_events,
             storage_flush_seconds,
             publish_errors,

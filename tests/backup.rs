@@ -141,12 +141,52 @@ fn schema_in(data_dir: &Path) -> u32 {
     u32::from_be_bytes(v.as_ref().try_into().unwrap())
 }
 
-/// Makes a stopped server's database look like schema 1 or 2 (or sets any marker).
+/// The records of the segment files under `db/events` (format in src/store/segment.rs:
+/// magic, then `len u32 LE | crc u32 LE | seq u64 LE | payload`), in seq order.
+fn segment_records(data_dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    let dir = data_dir.join("db/events");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert_eq!(&bytes[..8], b"SPSEG01\n", "{}", f.display());
+        let mut at = 8;
+        while at + 16 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let seq = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap());
+            out.push((seq, bytes[at + 16..at + 16 + len].to_vec()));
+            at += 16 + len;
+        }
+    }
+    out
+}
+
+/// Makes a stopped server's database look like schema 1, 2 or 3 (or sets any marker).
+/// Up to schema 3 the events were in sled (`e` seq(8, BE) -> record), not in segments.
 fn set_schema(data_dir: &Path, schema: u32) {
+    let records = if schema <= 3 {
+        segment_records(data_dir)
+    } else {
+        Vec::new()
+    };
     let db = open_sled(data_dir);
     let log = db.open_tree("log").unwrap();
     log.insert(meta_key("schema"), &schema.to_be_bytes())
         .unwrap();
+    if schema <= 3 {
+        assert!(!records.is_empty());
+        for (seq, rec) in records {
+            let mut key = vec![b'e'];
+            key.extend_from_slice(&seq.to_be_bytes());
+            log.insert(key, rec).unwrap();
+        }
+        std::fs::remove_dir_all(data_dir.join("db/events")).unwrap();
+    }
     if schema == 1 {
         log.remove(meta_key("created_ms")).unwrap();
         log.remove(meta_key("written_by")).unwrap();
@@ -745,6 +785,9 @@ async fn schema_1_is_migrated_and_a_newer_schema_refused_by_serve_and_restore() 
             log.get(meta_key("written_by")).unwrap().unwrap(),
             env!("CARGO_PKG_VERSION").as_bytes()
         );
+        // the events moved out of sled into segment files
+        assert!(log.scan_prefix(b"e").next().is_none());
+        assert_eq!(segment_records(&data).len(), 29);
         let created = log.get(meta_key("created_ms")).unwrap().unwrap();
         let created = u64::from_be_bytes(created.as_ref().try_into().unwrap());
         let t = time::OffsetDateTime::parse(

@@ -1067,115 +1067,231 @@ async fn retention_by_age_deletes_older_keeps_newer() {
     }
 }
 
+/// Bytes and number of the files under `dir` (recursively), 0 when it does not exist.
+fn dir_size(dir: &Path) -> (u64, usize) {
+    let mut total = (0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return total;
+    };
+    for e in entries {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            let (b, n) = dir_size(&e.path());
+            total = (total.0 + b, total.1 + n);
+        } else {
+            total = (total.0 + m.len(), total.1 + 1);
+        }
+    }
+    total
+}
+
+/// Small segment files, so that a test's few megabytes span many of them.
+fn small_segments(ring: usize) -> StorageConfig {
+    StorageConfig {
+        segment_bytes: 64 << 10,
+        ..storage(ring)
+    }
+}
+
+/// Runs retention passes until one says there is no more to do.
+async fn retain_fully(log: &EventLog, policy: RetentionPolicy) -> surepush::store::RetentionReport {
+    let mut total = surepush::store::RetentionReport::default();
+    for _ in 0..200 {
+        let r = log.retain(policy, now_ms()).await.unwrap();
+        total.deleted_by_age += r.deleted_by_age;
+        total.deleted_by_count += r.deleted_by_count;
+        total.deleted_by_disk += r.deleted_by_disk;
+        total.freed_bytes += r.freed_bytes;
+        total.budget_unmet |= r.budget_unmet;
+        if !r.more {
+            return total;
+        }
+    }
+    panic!("retention passes never finish");
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn retention_by_disk_is_bounded_per_pass_and_finishes() {
+async fn retention_by_disk_meets_the_budget_with_the_oldest_segments_and_never_deletes_everything()
+{
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
-    let log = open(&path, &storage(0));
-    // the oldest 100 events on d/old, the rest on d/new
-    log.publish((0..100).map(|i| ev("d/old", "t", json!(i))).collect())
-        .await
-        .unwrap();
-    for b in 0..9 {
+    let (log, metrics) = open_with_metrics(&path, &small_segments(0));
+    let data = "x".repeat(10_000);
+    for b in 0..40 {
         log.publish(
-            (0..100)
-                .map(|i| ev("d/new", "t", json!(b * 100 + i)))
+            (0..10)
+                .map(|i| ev("d/a", "t", json!(format!("{b}-{i}-{data}"))))
                 .collect(),
         )
         .await
         .unwrap();
     }
-    assert_eq!(log.head(), 1000);
+    assert_eq!(log.head(), 400);
     let epoch = log.epoch();
-    let id = |seq| EventId { seq, epoch };
-    let policy = RetentionPolicy {
-        max_disk_bytes: 1,
-        max_work: 100,
-        ..no_retention()
-    };
-    let r = log.retain(policy, now_ms()).await.unwrap();
-    assert_eq!(r.deleted_by_disk, 100, "{r:?}");
-    assert!(r.more, "the pass hit its work bound: {r:?}");
-    // the oldest went first
+    let before = log.size_on_disk();
+    let budget = before / 2;
+    let r = retain_fully(
+        &log,
+        RetentionPolicy {
+            max_disk_bytes: budget,
+            ..no_retention()
+        },
+    )
+    .await;
+    let after = log.size_on_disk();
+    assert!(
+        after <= budget,
+        "{after} bytes on disk, budget {budget}: {r:?}"
+    );
+    assert!(
+        r.deleted_by_disk > 0 && r.freed_bytes > 0 && !r.budget_unmet,
+        "{r:?}"
+    );
+    // what is left is the newest events, all of them, and their files are the segments
     let left = read_all(&log, 0, &pats(&["**"]), 1000).await;
-    assert_eq!(seqs(&left), (101..=1000).collect::<Vec<_>>());
-    assert!(
-        log.resume(Since::Id(id(1)), &pats(&["d/old"]))
-            .await
-            .unwrap()
-            .reset
+    assert_eq!(left.len() as u64, 400 - r.deleted_by_disk);
+    assert_eq!(
+        seqs(&left),
+        ((401 - left.len() as u64)..=400).collect::<Vec<_>>()
     );
     assert!(
-        log.resume(Since::Id(id(1)), &pats(&["d/**"]))
-            .await
-            .unwrap()
-            .reset
+        left.len() >= 100,
+        "only {} events kept of half the disk",
+        left.len()
     );
+    let (seg_bytes, _) = dir_size(&path.join("events"));
+    assert!(seg_bytes < before / 2, "{seg_bytes} bytes of segments left");
     assert!(
-        !log.resume(Since::Id(id(1)), &pats(&["d/new"]))
-            .await
-            .unwrap()
-            .reset
-    );
-    assert!(
-        !log.resume(Since::Id(id(100)), &pats(&["d/old"]))
+        log.resume(Since::Id(EventId { seq: 1, epoch }), &pats(&["d/a"]))
             .await
             .unwrap()
             .reset
     );
 
-    let mut total = r.deleted();
-    let mut passes = 1;
-    let mut more = r.more;
-    while more {
-        passes += 1;
-        assert!(passes <= 50, "retention passes never finish");
-        let r = log.retain(policy, now_ms()).await.unwrap();
-        assert!(r.deleted() <= 100, "work bound exceeded: {r:?}");
-        total += r.deleted();
-        more = r.more;
-    }
-    assert_eq!(total, 1000);
-    assert!(
-        passes >= 10,
-        "1000 events at 100 per pass take at least 10 passes"
-    );
-    assert!(read_all(&log, 0, &pats(&["**"]), 1000).await.is_empty());
-    assert!(
-        log.resume(Since::Id(id(500)), &pats(&["d/new"]))
-            .await
-            .unwrap()
-            .reset
-    );
-
-    // ids are never reused, even with every event deleted, and across a reopen
-    let next = log
-        .publish(vec![ev("d/new", "t", json!("x"))])
+    // a budget nothing can meet deletes nothing, and says so
+    let r = log
+        .retain(
+            RetentionPolicy {
+                max_disk_bytes: 1,
+                ..no_retention()
+            },
+            now_ms(),
+        )
         .await
         .unwrap();
-    assert_eq!(next[0].seq, 1001);
+    assert_eq!(r.deleted(), 0, "{r:?}");
+    assert!(r.budget_unmet, "{r:?}");
+    assert_eq!(
+        metric(&metrics.render(), "surepush_storage_budget_unmet"),
+        1.0
+    );
+    assert_eq!(
+        read_all(&log, 0, &pats(&["**"]), 1000).await.len(),
+        left.len()
+    );
+
+    // the same after a reopen, and ids go on
     log.close().await.unwrap();
     drop(log);
-    let log = open(&path, &storage(8192));
-    assert_eq!(log.epoch(), epoch);
-    let next = log
-        .publish(vec![ev("d/new", "t", json!("y"))])
-        .await
-        .unwrap();
-    assert_eq!(next[0].seq, 1002);
-    assert!(
-        log.resume(Since::Id(id(1)), &pats(&["d/old"]))
-            .await
-            .unwrap()
-            .reset
+    let log = open(&path, &small_segments(8192));
+    assert_eq!(
+        seqs(&read_all(&log, 0, &pats(&["d/**"]), 1000).await),
+        seqs(&left)
     );
-    let r = log
-        .resume(Since::Id(id(1001)), &pats(&["d/**"]))
+    let next = log.publish(vec![ev("d/a", "t", json!("y"))]).await.unwrap();
+    assert_eq!(next[0].seq, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_by_count_frees_segment_files_and_a_quiet_topic_pins_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let log = open(&path, &small_segments(64));
+    let policy = RetentionPolicy {
+        max_events_per_topic: 20,
+        ..no_retention()
+    };
+    // one event on a quiet topic, in the first segment, then many rounds on busy ones
+    log.publish(vec![ev("q/quiet", "t", json!("old but kept"))])
         .await
         .unwrap();
-    assert_eq!((r.cursor, r.reset), (1001, false));
-    let got = read_all(&log, 0, &pats(&["d/**"]), 10).await;
-    assert_eq!(seqs(&got), [1001, 1002]);
+    let data = "y".repeat(1000);
+    let mut written = 0u64;
+    for round in 0..20 {
+        for t in 0..10 {
+            let events = (0..20)
+                .map(|i| ev(&format!("c/{t}"), "t", json!(format!("{round}-{i}-{data}"))))
+                .collect();
+            log.publish(events).await.unwrap();
+            written += 20;
+        }
+        retain_fully(&log, policy).await;
+    }
+    retain_fully(&log, policy).await;
+    for t in 0..10 {
+        let got = read_all(&log, 0, &pats(&[&format!("c/{t}")]), 100).await;
+        assert_eq!(got.len(), 20, "topic c/{t}");
+        let last = as_json(got.last().unwrap());
+        assert!(
+            last["data"].as_str().unwrap().starts_with("19-19-"),
+            "{last}"
+        );
+    }
+    let quiet = read_all(&log, 0, &pats(&["q/quiet"]), 10).await;
+    assert_eq!(quiet.len(), 1);
+    // 201 events of ~1.1 KiB are kept of 4 001 written: the files follow what is kept
+    // (the newest segment, still written to, may be full and not yet sealed)
+    let kept_bytes = 201 * 1100;
+    let (seg_bytes, files) = dir_size(&path.join("events"));
+    assert!(
+        seg_bytes <= 2 * kept_bytes + 2 * (64 << 10),
+        "{seg_bytes} bytes in {files} segment files for {kept_bytes} kept ({written} written)"
+    );
+    // and with sled stored as little as the index: no blobs left behind
+    let (blob_bytes, _) = dir_size(&path.join("blobs"));
+    assert_eq!(blob_bytes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_events_leave_no_blobs_and_their_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let log = open(
+        &path,
+        &StorageConfig {
+            segment_bytes: 1 << 20,
+            ..storage(16)
+        },
+    );
+    let big = "z".repeat(200 * 1024);
+    let policy = RetentionPolicy {
+        max_events_per_topic: 2,
+        ..no_retention()
+    };
+    for _ in 0..30 {
+        log.publish((0..4).map(|_| ev("users/42", "t", json!(big))).collect())
+            .await
+            .unwrap();
+        retain_fully(&log, policy).await;
+    }
+    log.close().await.unwrap();
+    drop(log);
+    let log = open(&path, &storage(16));
+    retain_fully(&log, policy).await;
+    let got = read_all(&log, 0, &pats(&["users/42"]), 10).await;
+    assert_eq!(seqs(&got), [119, 120]);
+    let (blob_bytes, blob_files) = dir_size(&path.join("blobs"));
+    assert_eq!((blob_bytes, blob_files), (0, 0));
+    let (db_bytes, _) = dir_size(&path);
+    // 120 events of 200 KiB written (24 MiB), two kept: a few segments at most
+    assert!(db_bytes < 6 << 20, "db/ is {db_bytes} bytes");
+    let id = log
+        .publish(vec![ev("users/42", "t", json!("after"))])
+        .await
+        .unwrap();
+    let got = read_all(&log, 0, &pats(&["users/42"]), 10).await;
+    assert_eq!(got.last().unwrap().seq, id[0].seq);
 }
 
 #[tokio::test(flavor = "multi_thread")]

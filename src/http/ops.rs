@@ -41,6 +41,9 @@ async fn metrics(st: web::Data<AppState>) -> HttpResponse {
         .await
         .unwrap_or(0);
     st.metrics.storage_bytes.set(size as i64);
+    st.metrics
+        .storage_segments
+        .set(st.log.segment_count() as i64);
     if let Ok(queues) = st.log.queues().await {
         use crate::metrics::QueueStateLabels;
         use crate::store::jobs::JobState;

@@ -155,6 +155,14 @@ pub struct Snapshot<W: Write> {
     s: Summary,
 }
 
+/// Called with each event (seq, record) a snapshot copies.
+pub type EachEvent<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StoreError> + 'a;
+
+/// Where a snapshot reads the events from, in seq order (see `stored::BackupEvents`).
+pub trait EventSource {
+    fn each(&self, upto: u64, f: &mut EachEvent<'_>) -> Result<(), StoreError>;
+}
+
 /// Keys of the log tree that `events_upto` copies: events and the per-topic index.
 fn is_event_data(key: &[u8]) -> bool {
     matches!(key.first(), Some(&keys::EVENT) | Some(&keys::INDEX))
@@ -240,15 +248,18 @@ impl<W: Write> Snapshot<W> {
         Ok(())
     }
 
-    /// The log's events and index entries with seq at most `head`.
-    pub fn events_upto(&mut self, db: &sled::Db, head: u64) -> Result<(), StoreError> {
+    /// The log's live events (written as `e` pairs, the layout of schema 3, which a
+    /// restore moves into segments) and index entries with seq at most `head`.
+    pub fn events_upto(
+        &mut self,
+        db: &sled::Db,
+        events: &dyn EventSource,
+        head: u64,
+    ) -> Result<(), StoreError> {
         let log = db.open_tree(LOG_TREE)?;
         let name = LOG_TREE.as_bytes();
         self.tree_record(name)?;
-        for kv in log.range(keys::event(0)..=keys::event(head)) {
-            let (k, v) = kv?;
-            self.pair(name, &k, &v)?;
-        }
+        events.each(head, &mut |seq, v| self.pair(name, &keys::event(seq), v))?;
         for kv in log.scan_prefix([keys::INDEX]) {
             let (k, v) = kv?;
             if let Some(v) = index::clamp_to(&k, &v, head) {
@@ -284,11 +295,12 @@ impl<W: Write> Snapshot<W> {
 /// writes to `db` meanwhile (an exclusively opened database).
 pub fn write_snapshot<W: Write>(
     db: &sled::Db,
+    events: &dyn EventSource,
     files: &[(String, Vec<u8>)],
     out: W,
 ) -> Result<Summary, StoreError> {
     let mut snap = Snapshot::begin(db, out)?;
-    snap.events_upto(db, u64::MAX)?;
+    snap.events_upto(db, events, u64::MAX)?;
     snap.finish(files)
 }
 
@@ -309,6 +321,7 @@ fn read_files(files: &[(String, PathBuf)]) -> Result<Vec<(String, Vec<u8>)>, Sto
 /// Not fsynced: whoever keeps the file syncs its own copy. `pause_ms` is the time taken.
 pub fn snapshot_to_file(
     db: &sled::Db,
+    events: &dyn EventSource,
     path: &Path,
     files: &[(String, PathBuf)],
 ) -> Result<Summary, StoreError> {
@@ -321,7 +334,7 @@ pub fn snapshot_to_file(
             .mode(0o600)
             .open(path)
             .map_err(BackupError::Io)?;
-        write_snapshot(db, &files, BufWriter::with_capacity(1 << 20, f))
+        write_snapshot(db, events, &files, BufWriter::with_capacity(1 << 20, f))
     })();
     match result {
         Ok(mut s) => {
@@ -390,10 +403,14 @@ pub fn begin_online(
 impl OnlineSnapshot {
     /// The events up to the cut and the end; runs while the server writes (retention
     /// must be held off). Removes the file on failure.
-    pub fn finish(mut self, db: &sled::Db) -> Result<Summary, StoreError> {
+    pub fn finish(
+        mut self,
+        db: &sled::Db,
+        events: &dyn EventSource,
+    ) -> Result<Summary, StoreError> {
         let result = self
             .snap
-            .events_upto(db, self.head)
+            .events_upto(db, events, self.head)
             .and_then(|_| self.snap.finish(&self.files));
         match result {
             Ok(mut s) => {
@@ -420,7 +437,20 @@ pub fn snapshot_offline(
         return Err(BackupError::NoDatabase(db_dir.to_path_buf()).into());
     }
     let db = super::log::open_db(db_dir, config)?;
-    snapshot_to_file(&db, path, files).map_err(|e| match e {
+    let log = db.open_tree(LOG_TREE)?;
+    // read only: a server may not hold the database, and a backup writes nothing to it
+    let next_seq = super::meta::next_seq(&log)?;
+    let events = super::stored::BackupEvents {
+        segments: std::sync::Arc::new(super::segments::Segments::open(
+            db_dir,
+            super::stored::segment_bytes(config),
+            next_seq,
+            false,
+        )?),
+        trimmed: super::stored::Trimmed::load(&log)?,
+        legacy: Some(log),
+    };
+    snapshot_to_file(&db, &events, path, files).map_err(|e| match e {
         StoreError::Backup(BackupError::NoDatabase(_)) => {
             BackupError::NoDatabase(db_dir.to_path_buf()).into()
         }
@@ -717,11 +747,23 @@ mod tests {
         db
     }
 
+    /// The events of a database of the old layout (under sled `e` keys).
+    fn legacy_events(db: &sled::Db) -> crate::store::stored::BackupEvents {
+        let dir = tempfile::tempdir().unwrap();
+        crate::store::stored::BackupEvents {
+            legacy: Some(db.open_tree(LOG_TREE).unwrap()),
+            segments: std::sync::Arc::new(
+                crate::store::segments::Segments::open(dir.path(), 1 << 20, 1, false).unwrap(),
+            ),
+            trimmed: Default::default(),
+        }
+    }
+
     fn sample_bytes() -> (Vec<u8>, Summary) {
         let db = sample_db();
         let mut out = Vec::new();
         let files = vec![(ADMIN_USERS.to_string(), b"{\"users\":[]}".to_vec())];
-        let s = write_snapshot(&db, &files, &mut out).unwrap();
+        let s = write_snapshot(&db, &legacy_events(&db), &files, &mut out).unwrap();
         (out, s)
     }
 
@@ -741,7 +783,7 @@ mod tests {
             log.insert(keys::index("t", seq), b"".as_slice()).unwrap();
         }
         log.insert(jobs::job_key(2), b"{}".as_slice()).unwrap();
-        let written = cut.finish(&db).unwrap();
+        let written = cut.finish(&db, &legacy_events(&db)).unwrap();
         assert_eq!(written.events, 50);
         assert_eq!(written.jobs, 1);
         let bytes = std::fs::read(&path).unwrap();

@@ -1,6 +1,7 @@
 //! The event log: open, read by cursor and pattern, resume points. All writes go
 //! through the single writer thread (`writer.rs`), which makes them durable before
-//! anything becomes visible to readers.
+//! anything becomes visible to readers. Events are read from the segment files
+//! (`segments.rs`), leaving out what retention removed (`stored::Trimmed`).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -16,6 +17,8 @@ use super::jobs::{self, JobRecord, QueueCounts};
 use super::meta::{self, TopicMeta};
 use super::record::{decode_head, decode_record, EncodedEvent};
 use super::retention::{RetentionPolicy, RetentionReport};
+use super::segments::Segments;
+use super::stored::{self, Trimmed};
 use super::writer::{self, WriteCmd};
 use super::{backup, blocking, keys, migrate, StoreError};
 use crate::config::StorageConfig;
@@ -64,6 +67,10 @@ pub(super) struct Shared {
     /// could not be opened, and then only sled's own flush is done.
     pub data_file: Option<std::fs::File>,
     pub tree: sled::Tree,
+    /// The events, in segment files.
+    pub segments: Arc<Segments>,
+    /// What retention removed: readers leave it out.
+    pub trimmed: RwLock<Trimmed>,
     pub epoch: u32,
     /// Highest seq that is durable and visible.
     pub head: AtomicU64,
@@ -90,12 +97,31 @@ impl Shared {
     /// `flush_every_ms`); the `fdatasync` after it makes an acknowledged event survive
     /// a power cut too. (The file stays open: this runs once per commit group.)
     pub fn sync(&self) -> Result<(), StoreError> {
+        // the events before the index and metadata that point at them
+        self.segments.sync()?;
         self.db.flush()?;
         if let Some(f) = &self.data_file {
             f.sync_data()
                 .map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
         }
         Ok(())
+    }
+
+    pub fn trimmed(&self) -> std::sync::RwLockReadGuard<'_, Trimmed> {
+        self.trimmed.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stored records of these seqs that retention left alive, decoded.
+    pub fn events_at(&self, seqs: &[u64]) -> Result<Vec<EncodedEvent>, StoreError> {
+        let found = self.segments.get_many(seqs)?;
+        let trimmed = self.trimmed();
+        let mut out = Vec::with_capacity(found.len());
+        for (seq, rec) in found {
+            if trimmed.alive_record(seq, &rec) {
+                out.push(decode_record(seq, self.epoch, &rec)?);
+            }
+        }
+        Ok(out)
     }
 
     pub fn queue_notify(&self, queue: &str) -> Arc<tokio::sync::Notify> {
@@ -139,6 +165,8 @@ impl Recent {
 
 pub struct EventLog {
     shared: Arc<Shared>,
+    /// One retention pass at a time (plan, apply, reclaim).
+    retention: tokio::sync::Mutex<()>,
     writer: RwLock<Option<mpsc::Sender<WriteCmd>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -156,9 +184,18 @@ impl EventLog {
         migrate::upgrade(&db, &tree)?;
         let epoch = meta::get_u64(&tree, meta::EPOCH)?.unwrap_or(0) as u32;
         let next_seq = meta::next_seq(&tree)?;
+        let segments = Segments::open(path, stored::segment_bytes(config), next_seq, true)?;
+        stored::absorb_sled_events(&db, &tree, &segments, next_seq)?;
         let restore_gaps = meta::restore_gaps(&tree)?;
         let max_trimmed = meta::get_u64(&tree, meta::MAX_TRIMMED)?.unwrap_or(0);
-        let recent = load_recent(&tree, epoch, config.recent_events_in_memory)?;
+        let trimmed = Trimmed::load(&tree)?;
+        let recent = load_recent(
+            &segments,
+            &trimmed,
+            epoch,
+            next_seq - 1,
+            config.recent_events_in_memory,
+        )?;
         let over_limit = topics_over(&tree, config.retention_max_events_per_topic)?;
         let data_file = std::fs::File::open(path.join(super::SLED_DATA_FILE))
             .map_err(|e| tracing::warn!(error = %e, "cannot open sled's data file to fsync it"))
@@ -167,6 +204,8 @@ impl EventLog {
             db,
             data_file,
             tree,
+            segments: Arc::new(segments),
+            trimmed: RwLock::new(trimmed),
             epoch,
             head: AtomicU64::new(next_seq - 1),
             max_trimmed: AtomicU64::new(max_trimmed),
@@ -183,6 +222,7 @@ impl EventLog {
         let thread = writer::spawn(shared.clone(), rx, next_seq, config)?;
         Ok(EventLog {
             shared,
+            retention: tokio::sync::Mutex::new(()),
             writer: RwLock::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -203,8 +243,14 @@ impl EventLog {
         }
     }
 
+    /// Event segment files on disk.
+    pub fn segment_count(&self) -> usize {
+        self.shared.segments.count()
+    }
+
+    /// Bytes of the database: event segments and sled's files.
     pub fn size_on_disk(&self) -> u64 {
-        self.shared.db.size_on_disk().unwrap_or(0)
+        self.shared.segments.bytes() + self.shared.db.size_on_disk().unwrap_or(0)
     }
 
     async fn send<T>(
@@ -225,18 +271,29 @@ impl EventLog {
         self.send(|reply| WriteCmd::Publish { events, reply }).await
     }
 
-    /// One retention pass of bounded size; call again while `more` is true.
+    /// One retention pass of bounded size; call again while `more` is true. What to
+    /// remove is worked out and the files are freed off the writer; the writer only
+    /// records the new marks (one small batch), so publishing goes on meanwhile.
     pub async fn retain(
         &self,
         policy: RetentionPolicy,
         now_ms: u64,
     ) -> Result<RetentionReport, StoreError> {
-        self.send(|reply| WriteCmd::Retain {
-            policy,
-            now_ms,
-            reply,
-        })
-        .await
+        let _one = self.retention.lock().await;
+        let shared = self.shared.clone();
+        let plan = blocking(move || super::retention::plan(&shared, &policy, now_ms)).await?;
+        let mut report = plan.report;
+        let topics = plan.topic_marks();
+        if !plan.is_empty() {
+            self.send(|reply| WriteCmd::Trim { plan, reply }).await?;
+        }
+        let shared = self.shared.clone();
+        report.freed_bytes = blocking(move || super::retention::reclaim(&shared, &topics)).await?;
+        self.shared
+            .metrics
+            .retention_deleted
+            .inc_by(report.deleted());
+        Ok(report)
     }
 
     /// Writes and flushes a marker: proves the database is open and writable.
@@ -265,7 +322,15 @@ impl EventLog {
             .send(|reply| WriteCmd::Backup { path, files, reply })
             .await?;
         let shared = self.shared.clone();
-        let summary = blocking(move || cut.finish(&shared.db)).await;
+        let summary = blocking(move || {
+            let events = stored::BackupEvents {
+                legacy: None,
+                segments: shared.segments.clone(),
+                trimmed: shared.trimmed().clone(),
+            };
+            cut.finish(&shared.db, &events)
+        })
+        .await;
         drop(hold);
         summary
     }
@@ -525,11 +590,7 @@ impl EventLog {
             while out.len() < limit {
                 let seqs = index::seqs_before(&shared.tree, &topic, below, limit - out.len())?;
                 let Some(&oldest) = seqs.last() else { break };
-                for seq in seqs {
-                    if let Some(rec) = shared.tree.get(keys::event(seq))? {
-                        out.push(decode_record(seq, shared.epoch, &rec)?);
-                    }
-                }
+                out.extend(shared.events_at(&seqs)?);
                 below = Some(oldest);
             }
             Ok(out)
@@ -576,19 +637,29 @@ pub(super) fn open_db(path: &Path, config: &StorageConfig) -> Result<sled::Db, S
     }
 }
 
-fn load_recent(tree: &sled::Tree, epoch: u32, capacity: usize) -> Result<Recent, StoreError> {
+fn load_recent(
+    segments: &Segments,
+    trimmed: &Trimmed,
+    epoch: u32,
+    head: u64,
+    capacity: usize,
+) -> Result<Recent, StoreError> {
+    if capacity == 0 {
+        return Ok(Recent {
+            events: VecDeque::new(),
+            floor: head,
+            capacity,
+        });
+    }
+    let tail = segments.tail(capacity, head, |seq, rec| trimmed.alive_record(seq, rec))?;
+    // every live event above the floor is in the ring
+    let floor = match tail.first() {
+        Some((seq, _)) if tail.len() == capacity => seq - 1,
+        _ => 0,
+    };
     let mut events = VecDeque::with_capacity(capacity);
-    let mut floor = 0;
-    for kv in tree.scan_prefix([keys::EVENT]).rev() {
-        let (k, v) = kv?;
-        let Some(seq) = keys::event_seq(&k) else {
-            continue;
-        };
-        if events.len() == capacity {
-            floor = seq;
-            break;
-        }
-        events.push_front(Arc::new(decode_record(seq, epoch, &v)?));
+    for (seq, rec) in tail {
+        events.push_back(Arc::new(decode_record(seq, epoch, &rec)?));
     }
     Ok(Recent {
         events,
@@ -665,7 +736,9 @@ fn read_by_index(
 ) -> Result<ReadBatch, StoreError> {
     let mut seqs = Vec::new();
     for t in topics {
-        seqs.extend(index::seqs_after(&shared.tree, t, after, upto, limit)?);
+        // the index may still list what retention removed: start past it
+        let from = after.max(shared.trimmed().through(t));
+        seqs.extend(index::seqs_after(&shared.tree, t, from, upto, limit)?);
     }
     seqs.sort_unstable();
     seqs.dedup();
@@ -675,12 +748,7 @@ fn read_by_index(
     } else {
         upto
     };
-    let mut events = Vec::with_capacity(seqs.len());
-    for s in seqs {
-        if let Some(v) = shared.tree.get(keys::event(s))? {
-            events.push(Arc::new(decode_record(s, shared.epoch, &v)?));
-        }
-    }
+    let events = shared.events_at(&seqs)?.into_iter().map(Arc::new).collect();
     Ok(ReadBatch { events, scanned_to })
 }
 
@@ -694,26 +762,39 @@ fn read_by_scan(
 ) -> Result<ReadBatch, StoreError> {
     let mut events = Vec::new();
     let mut scanned_to = upto;
-    for (n, kv) in shared
-        .tree
-        .range(keys::event(after + 1)..=keys::event(upto))
-        .enumerate()
-    {
-        let (k, v) = kv?;
-        let Some(seq) = keys::event_seq(&k) else {
-            continue;
+    let mut n = 0usize;
+    let mut failed = None;
+    let trimmed = shared.trimmed();
+    shared.segments.scan(after + 1, upto, |seq, v| {
+        n += 1;
+        let matched = match decode_head(&v) {
+            Ok(h) => trimmed.alive(seq, h.topic) && any_match(patterns, h.topic),
+            Err(e) => {
+                failed = Some(e);
+                return false;
+            }
         };
-        if any_match(patterns, decode_head(&v)?.topic) {
-            events.push(Arc::new(decode_record(seq, shared.epoch, &v)?));
+        if matched {
+            match decode_record(seq, shared.epoch, &v) {
+                Ok(ev) => events.push(Arc::new(ev)),
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            }
             if events.len() == limit {
                 scanned_to = seq;
-                break;
+                return false;
             }
         }
-        if n + 1 >= SCAN_BUDGET {
+        if n >= SCAN_BUDGET {
             scanned_to = seq;
-            break;
+            return false;
         }
+        true
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     Ok(ReadBatch { events, scanned_to })
 }

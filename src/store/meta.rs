@@ -47,6 +47,8 @@ pub const EPOCH: &str = "epoch";
 pub const SCHEMA: &str = "schema";
 pub const MAX_TRIMMED: &str = "max_trimmed";
 pub const PROBE: &str = "probe";
+/// Every event with seq at or below this was removed by age or disk retention.
+pub const SWEPT: &str = "swept";
 
 /// `restore_gap/<from>` -> to: seqs in `[from, to)` were never issued by this database's
 /// line. A restore leaves such a gap after the backup's head, so ids the lost server

@@ -1,4 +1,6 @@
-//! Durable storage on sled: the event log (and, later, the job queues) in one tree.
+//! Durable storage: the event log's events in segment files (`segment.rs`,
+//! `segments.rs`), everything else (per-topic index, topic metadata, job queues, markers)
+//! in one sled tree.
 
 pub mod backup;
 mod index;
@@ -10,6 +12,9 @@ mod meta;
 pub mod migrate;
 pub mod record;
 mod retention;
+mod segment;
+mod segments;
+mod stored;
 mod writer;
 
 pub use log::{EventLog, NewEvent, ReadBatch, Resume, TopicInfo};
@@ -28,7 +33,7 @@ pub fn sync_sled_file(db_dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Schema version this build writes; a database with a newer one is refused, an older
 /// one is migrated at open (`migrate.rs`).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,6 +59,9 @@ pub enum StoreError {
     /// already accepted is safe.
     #[error("the disk is full")]
     DiskFull,
+    /// An event segment file could not be read or written.
+    #[error("event segment file error: {0}")]
+    Segment(#[from] std::io::Error),
 }
 
 impl StoreError {
@@ -63,6 +71,7 @@ impl StoreError {
             StoreError::DiskFull => return true,
             StoreError::Db(sled::Error::Io(e)) => e,
             StoreError::Backup(backup::BackupError::Io(e)) => e,
+            StoreError::Segment(e) => e,
             _ => return false,
         };
         io.raw_os_error() == Some(libc::ENOSPC) || io.kind() == std::io::ErrorKind::StorageFull

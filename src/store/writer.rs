@@ -18,7 +18,7 @@ use super::job_ops::{JobOp, JobReply};
 use super::log::{NewEvent, Shared};
 use super::meta::{self, TopicMeta};
 use super::record::{decode_record, encode_record, event_json};
-use super::retention::{self, RetentionPolicy, RetentionReport};
+use super::retention::TrimPlan;
 use super::{keys, now_ms, StoreError};
 use crate::config::{Durability, StorageConfig};
 use crate::model::{EventId, Topic};
@@ -33,10 +33,10 @@ pub(super) enum WriteCmd {
         events: Vec<NewEvent>,
         reply: Reply<Vec<EventId>>,
     },
-    Retain {
-        policy: RetentionPolicy,
-        now_ms: u64,
-        reply: Reply<RetentionReport>,
+    /// Records what a retention pass removes (see `retention::plan`).
+    Trim {
+        plan: TrimPlan,
+        reply: Reply<()>,
     },
     Probe {
         reply: Reply<()>,
@@ -252,13 +252,8 @@ impl Writer {
         }
         for cmd in rest {
             match cmd {
-                WriteCmd::Retain {
-                    policy,
-                    now_ms,
-                    reply,
-                } => {
-                    let r = retention::run(&self.shared, &policy, now_ms);
-                    let _ = reply.send(r);
+                WriteCmd::Trim { plan, reply } => {
+                    let _ = reply.send(plan.apply(&self.shared));
                 }
                 WriteCmd::Probe { reply } => {
                     let r = self
@@ -303,7 +298,6 @@ impl Writer {
         };
         let json = event_json(id, topic.as_str(), kind, data_json, time_ms);
         let rec = encode_record(time_ms, topic.as_str(), kind, &json);
-        eb.batch.insert(&keys::event(seq), rec.as_slice());
         eb.runs.push(topic, seq);
         let m = eb.metas.entry(topic.clone()).or_insert_with(|| {
             TopicMeta::load(&self.shared.tree, topic.as_str()).unwrap_or_default()
@@ -325,9 +319,17 @@ impl Writer {
             .insert(keys::meta(meta::NEXT_SEQ), &self.next_seq.to_be_bytes());
     }
 
-    /// Applies the batch; its events become part of the commit.
+    /// Appends the batch's events to the segments, then applies the batch (index, topic
+    /// metadata, next seq: what makes them part of the log); a failed batch takes the
+    /// events back. They become part of the commit.
     pub(super) fn apply(&self, eb: EventBatch, commit: &mut Commit) -> Result<(), StoreError> {
-        self.shared.tree.apply_batch(eb.batch)?;
+        let mark = self.shared.segments.append(&eb.records)?;
+        if let Err(e) = self.shared.tree.apply_batch(eb.batch) {
+            if let Some(mark) = mark {
+                self.shared.segments.abandon(mark);
+            }
+            return Err(e.into());
+        }
         commit.records.extend(eb.records);
         commit.topics.extend(eb.metas);
         Ok(())
@@ -443,14 +445,7 @@ impl Flusher {
                 }
             }
         }
-        shared.head.fetch_max(commit.head, Ordering::Release);
-        for reply in commit.replies {
-            reply(None);
-        }
-        shared.hub.notify(commit.topics.keys());
-        for q in &commit.queues {
-            shared.wake_queue(q);
-        }
+        // flagged before anyone is answered: a retention pass the caller starts next sees it
         if self.max_per_topic > 0 {
             let over: Vec<String> = commit
                 .topics
@@ -463,6 +458,14 @@ impl Flusher {
                     set.extend(over);
                 }
             }
+        }
+        shared.head.fetch_max(commit.head, Ordering::Release);
+        for reply in commit.replies {
+            reply(None);
+        }
+        shared.hub.notify(commit.topics.keys());
+        for q in &commit.queues {
+            shared.wake_queue(q);
         }
     }
 }

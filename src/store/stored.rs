@@ -1,0 +1,171 @@
+//! Which stored events are alive, and moving events between sled and the segments.
+//!
+//! Retention never edits a segment in place: it raises a topic's `trimmed_through` (and
+//! the log-wide `swept` mark of age and disk retention) in sled, and from then on every
+//! reader leaves those events out (`Trimmed::alive`). Files are freed afterwards, whole
+//! (`retention::reclaim`). Databases of schema 3 and before kept events in sled under
+//! `e` keys, and backups still carry them so: `absorb_sled_events` moves them into the
+//! segments when the database is opened.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::backup::{EachEvent, EventSource};
+use super::meta::{self, TopicMeta};
+use super::record::decode_head;
+use super::segments::Segments;
+use super::{keys, StoreError};
+use crate::config::StorageConfig;
+
+/// Segment size when the configuration leaves it to us: a sixteenth of the disk budget
+/// (so retention frees space in steps of about 6 % of it), within 1-16 MiB.
+pub fn segment_bytes(config: &StorageConfig) -> u64 {
+    if config.segment_bytes > 0 {
+        return config.segment_bytes;
+    }
+    match config.retention_max_disk_bytes {
+        0 => 16 << 20,
+        budget => (budget / 16).clamp(1 << 20, 16 << 20),
+    }
+}
+
+/// Retention's marks, as readers need them.
+#[derive(Clone, Debug, Default)]
+pub struct Trimmed {
+    /// Per topic: events with seq at or below this are gone.
+    pub topics: HashMap<String, u64>,
+    /// Every event with seq at or below this is gone (age and disk retention).
+    pub swept: u64,
+}
+
+impl Trimmed {
+    pub fn load(tree: &sled::Tree) -> Result<Trimmed, StoreError> {
+        let mut topics = HashMap::new();
+        for kv in tree.scan_prefix([keys::TOPIC]) {
+            let (k, v) = kv?;
+            let m = TopicMeta::decode(&v);
+            if m.trimmed_through > 0 {
+                topics.insert(
+                    String::from_utf8_lossy(&k[1..]).into_owned(),
+                    m.trimmed_through,
+                );
+            }
+        }
+        let swept = meta::get_u64(tree, meta::SWEPT)?.unwrap_or(0);
+        Ok(Trimmed { topics, swept })
+    }
+
+    pub fn through(&self, topic: &str) -> u64 {
+        self.topics.get(topic).copied().unwrap_or(0).max(self.swept)
+    }
+
+    pub fn alive(&self, seq: u64, topic: &str) -> bool {
+        seq > self.through(topic)
+    }
+
+    /// For a stored record: alive unless retention removed it (an unreadable head is
+    /// kept, so that the reader reports it).
+    pub fn alive_record(&self, seq: u64, record: &[u8]) -> bool {
+        match decode_head(record) {
+            Ok(h) => self.alive(seq, h.topic),
+            Err(_) => true,
+        }
+    }
+}
+
+/// Moves events kept under sled `e` keys (a database of schema 3 or before, or one just
+/// restored from a backup) into the segments, then removes them from sled. Safe to cut
+/// at any point: what the segments already hold is not appended again, and the keys go
+/// only once the segments are durable. Returns how many events moved.
+pub fn absorb_sled_events(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    segments: &Segments,
+    next_seq: u64,
+) -> Result<u64, StoreError> {
+    if tree.scan_prefix([keys::EVENT]).next().is_none() {
+        return Ok(0);
+    }
+    let have = segments.last_seq();
+    let mut moved = 0u64;
+    let mut chunk: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut chunk_bytes = 0usize;
+    for kv in tree.scan_prefix([keys::EVENT]) {
+        let (k, v) = kv?;
+        let Some(seq) = keys::event_seq(&k) else {
+            continue;
+        };
+        if seq <= have {
+            continue;
+        }
+        chunk_bytes += v.len();
+        chunk.push((seq, v.to_vec()));
+        if chunk_bytes >= 4 << 20 {
+            moved += chunk.len() as u64;
+            segments.append(&std::mem::take(&mut chunk))?;
+            chunk_bytes = 0;
+        }
+    }
+    moved += chunk.len() as u64;
+    segments.append(&chunk)?;
+    segments.sync()?;
+    // The marker first: with the keys gone, it alone says where the seqs go on.
+    tree.insert(keys::meta(meta::NEXT_SEQ), &next_seq.to_be_bytes())?;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in tree.scan_prefix([keys::EVENT]).keys().take(10_000) {
+            batch.remove(kv?);
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        tree.apply_batch(batch)?;
+    }
+    db.flush()?;
+    tracing::info!(
+        events = moved,
+        "moved the events from the database into segment files"
+    );
+    Ok(moved)
+}
+
+/// The live events a backup copies: any left under sled `e` keys (a database not yet
+/// opened by this build), then the segments, leaving out what retention removed.
+pub struct BackupEvents {
+    pub legacy: Option<sled::Tree>,
+    pub segments: Arc<Segments>,
+    pub trimmed: Trimmed,
+}
+
+impl EventSource for BackupEvents {
+    fn each(&self, upto: u64, f: &mut EachEvent<'_>) -> Result<(), StoreError> {
+        let mut last = 0;
+        if let Some(tree) = &self.legacy {
+            for kv in tree.range(keys::event(0)..=keys::event(upto)) {
+                let (k, v) = kv?;
+                if let Some(seq) = keys::event_seq(&k) {
+                    if self.trimmed.alive_record(seq, &v) {
+                        f(seq, &v)?;
+                    }
+                    last = seq;
+                }
+            }
+        }
+        let mut failed = None;
+        self.segments.scan(last + 1, upto, |seq, v| {
+            if self.trimmed.alive_record(seq, &v) {
+                if let Err(e) = f(seq, &v) {
+                    failed = Some(e);
+                    return false;
+                }
+            }
+            true
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
