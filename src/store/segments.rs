@@ -151,8 +151,9 @@ impl Segments {
         for (seq, payload) in &refs {
             frame(&mut framed, *seq, payload);
         }
-        self.dirty.store(true, Ordering::Release);
         seg.append(&framed, &refs)?;
+        // after the write: a flush that clears the flag before it would miss it
+        self.dirty.store(true, Ordering::Release);
         Ok(Some(AppendMark {
             segment: seg,
             len,
