@@ -17,6 +17,7 @@ pub mod server;
 pub mod stall;
 pub mod store;
 pub mod subscribers;
+pub mod systemd;
 pub mod tls;
 
 /// Shared by the crate's property tests.
