@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::health::ProbeError;
 use crate::store::jobs::JobError;
 use crate::store::StoreError;
 
@@ -160,6 +161,19 @@ impl From<StoreError> for ApiError {
                     retry_after_secs: 5,
                 }
             }
+        }
+    }
+}
+
+impl From<ProbeError> for ApiError {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Store(e) => e.into(),
+            ProbeError::Slow => ApiError::Unavailable {
+                code: "storage_slow",
+                message: e.to_string(),
+                retry_after_secs: 5,
+            },
         }
     }
 }

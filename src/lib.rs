@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod hub;
 pub mod limits;

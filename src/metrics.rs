@@ -32,6 +32,8 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     pub retention_deleted: Counter,
     pub storage_bytes: Gauge,
+    /// 1 while the storage probe (src/health.rs) succeeds, 0 while it fails.
+    pub storage_healthy: Gauge,
     pub commit_group_events: Histogram,
     pub storage_flush_seconds: Histogram,
     pub publish_errors: Counter,
@@ -98,6 +100,14 @@ impl Metrics {
             "Size of the database on disk",
             storage_bytes.clone(),
         );
+        let storage_healthy = Gauge::default();
+        // Healthy until a probe says otherwise: the server only starts on an open database.
+        storage_healthy.set(1);
+        registry.register(
+            "storage_healthy",
+            "1 while the periodic storage probe (the write /readyz makes) succeeds, 0 while it fails",
+            storage_healthy.clone(),
+        );
         let commit_group_events =
             Histogram::new([1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]);
         registry.register(
@@ -154,6 +164,7 @@ impl Metrics {
             slow_consumer_disconnects,
             retention_deleted,
             storage_bytes,
+            storage_healthy,
             commit_group_events,
             storage_flush_seconds,
             publish_errors,
@@ -311,5 +322,14 @@ mod tests {
         assert!(s
             .iter()
             .any(|s| s.name == "surepush_events_published_total" && s.value == 7.0));
+        let healthy = |m: &Metrics| {
+            m.samples()
+                .into_iter()
+                .find(|s| s.name == "surepush_storage_healthy")
+                .map(|s| s.value)
+        };
+        assert_eq!(healthy(&m), Some(1.0));
+        m.storage_healthy.set(0);
+        assert_eq!(healthy(&m), Some(0.0));
     }
 }
