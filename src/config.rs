@@ -208,8 +208,15 @@ pub struct StorageConfig {
     /// whole segment at a time (0 = a sixteenth of `retention_max_disk_bytes`, within
     /// 1-16 MiB).
     pub segment_bytes: u64,
+    /// New events and jobs are refused (507) while less than this is free on the data
+    /// disk; they resume once space is freed (0 = no mark: only a full disk refuses).
+    pub min_free_disk_bytes: u64,
     /// Recent events kept in memory, pre-encoded, for fan-out without disk reads.
     pub recent_events_in_memory: usize,
+    /// After this many seconds of continuously failing storage probes the server exits
+    /// with code 75 (EX_TEMPFAIL) so its supervisor restarts it on a freshly opened
+    /// database (0 = never exit).
+    pub fatal_after_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -295,7 +302,9 @@ impl Default for StorageConfig {
             retention_interval_secs: 60,
             cache_bytes: 256 << 20,
             segment_bytes: 0,
+            min_free_disk_bytes: 64 << 20,
             recent_events_in_memory: 8192,
+            fatal_after_secs: 60,
         }
     }
 }
@@ -349,6 +358,8 @@ pub struct Overrides {
 }
 
 const ENV_PREFIX: &str = "SUREPUSH_";
+/// Longer than a day of failing storage is no different from never: use 0.
+const MAX_FATAL_AFTER_SECS: u64 = 86_400;
 /// `SUREPUSH_*` variables that belong to the command line, not to the config.
 const CLI_ENV: [&str; 4] = ["CONFIG", "LOG", "TOKEN", "TEST_VERBOSE"];
 
@@ -468,6 +479,9 @@ impl Config {
         }
         if self.storage.retention_interval_secs == 0 {
             return bad("storage.retention_interval_secs must be at least 1");
+        }
+        if self.storage.fatal_after_secs > MAX_FATAL_AFTER_SECS {
+            return bad("storage.fatal_after_secs must be 0 (never exit) or at most 86400 (a day)");
         }
         if !matches!(self.auth.algorithm.as_str(), "HS256" | "RS256" | "ES256") {
             return bad("auth.algorithm must be \"HS256\", \"RS256\" or \"ES256\"");
@@ -680,6 +694,14 @@ mod tests {
         assert!(Config::load(None, e, &Overrides::default()).is_err());
         let e = env(&[("SUREPUSH_STORAGE__DURABILITY", "sometimes")]);
         assert!(Config::load(None, e, &Overrides::default()).is_err());
+        let e = env(&[("SUREPUSH_STORAGE__FATAL_AFTER_SECS", "86401")]);
+        let err = Config::load(None, e, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("fatal_after_secs"), "{err}");
+        for ok in ["0", "3", "86400"] {
+            let e = env(&[("SUREPUSH_STORAGE__FATAL_AFTER_SECS", ok)]);
+            let (c, _) = Config::load(None, e, &Overrides::default()).unwrap();
+            assert_eq!(c.storage.fatal_after_secs.to_string(), ok);
+        }
     }
 
     #[test]

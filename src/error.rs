@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::health::ProbeError;
 use crate::store::jobs::JobError;
 use crate::store::StoreError;
 
@@ -141,6 +142,21 @@ impl From<StoreError> for ApiError {
                 message: "the server is shutting down; retry shortly".into(),
                 retry_after_secs: 2,
             },
+            StoreError::LowDisk { free, min } => {
+                tracing::warn!(
+                    free,
+                    min,
+                    "refusing new events and jobs: the data disk is almost full"
+                );
+                ApiError::InsufficientStorage {
+                    message: format!(
+                        "the server's data disk is almost full ({free} bytes free, below the \
+                         {min} kept free): nothing of this request was stored and everything \
+                         accepted before is safe; retry later"
+                    ),
+                    retry_after_secs: 30,
+                }
+            }
             // Clients get a sentence; the details go to the log.
             other if other.is_disk_full() => {
                 tracing::error!(error = %other, "storage error: the disk is full");
@@ -160,6 +176,19 @@ impl From<StoreError> for ApiError {
                     retry_after_secs: 5,
                 }
             }
+        }
+    }
+}
+
+impl From<ProbeError> for ApiError {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Store(e) => e.into(),
+            ProbeError::Slow => ApiError::Unavailable {
+                code: "storage_slow",
+                message: e.to_string(),
+                retry_after_secs: 5,
+            },
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod hub;
 pub mod limits;
@@ -17,6 +18,7 @@ pub mod server;
 pub mod stall;
 pub mod store;
 pub mod subscribers;
+pub mod systemd;
 pub mod tls;
 
 /// Shared by the crate's property tests.

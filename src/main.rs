@@ -28,7 +28,11 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("surepush: {e:#}");
-            std::process::ExitCode::FAILURE
+            // 75 (EX_TEMPFAIL) when storage failed for good: a restart heals it.
+            match e.downcast_ref::<surepush::server::ServerError>() {
+                Some(e) => std::process::ExitCode::from(e.exit_code()),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

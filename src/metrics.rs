@@ -34,6 +34,8 @@ pub struct Metrics {
     pub storage_bytes: Gauge,
     pub storage_budget_unmet: Gauge,
     pub storage_segments: Gauge,
+    /// 1 while the storage probe (src/health.rs) succeeds, 0 while it fails.
+    pub storage_healthy: Gauge,
     pub commit_group_events: Histogram,
     pub storage_flush_seconds: Histogram,
     pub publish_errors: Counter,
@@ -112,6 +114,14 @@ impl Metrics {
             "Event segment files on disk",
             storage_segments.clone(),
         );
+        let storage_healthy = Gauge::default();
+        // Healthy until a probe says otherwise: the server only starts on an open database.
+        storage_healthy.set(1);
+        registry.register(
+            "storage_healthy",
+            "1 while the periodic storage probe (the write /readyz makes) succeeds, 0 while it fails",
+            storage_healthy.clone(),
+        );
         let commit_group_events =
             Histogram::new([1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]);
         registry.register(
@@ -170,6 +180,7 @@ impl Metrics {
             storage_bytes,
             storage_budget_unmet,
             storage_segments,
+            storage_healthy,
             commit_group_events,
             storage_flush_seconds,
             publish_errors,
@@ -327,5 +338,14 @@ mod tests {
         assert!(s
             .iter()
             .any(|s| s.name == "surepush_events_published_total" && s.value == 7.0));
+        let healthy = |m: &Metrics| {
+            m.samples()
+                .into_iter()
+                .find(|s| s.name == "surepush_storage_healthy")
+                .map(|s| s.value)
+        };
+        assert_eq!(healthy(&m), Some(1.0));
+        m.storage_healthy.set(0);
+        assert_eq!(healthy(&m), Some(0.0));
     }
 }

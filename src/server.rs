@@ -1,4 +1,5 @@
-//! Building the server: state, listener, TLS, background tasks, graceful shutdown.
+//! Building the server: state, listener, TLS, background tasks, graceful shutdown, and
+//! telling systemd about it (READY=1 once listening, STOPPING=1 on the way out).
 
 use std::any::Any;
 use std::future::Future;
@@ -20,7 +21,11 @@ use crate::metrics::Metrics;
 use crate::stall::StallWatch;
 use crate::store::{blocking, now_ms, EventLog, StoreError};
 use crate::subscribers::Registry;
+use crate::systemd::Notifier;
 use crate::tls::{self, TlsError};
+
+/// sysexits.h EX_TEMPFAIL: a temporary failure; running again may succeed.
+pub const EX_TEMPFAIL: u8 = 75;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -41,6 +46,30 @@ pub enum ServerError {
     Listen(std::io::Error),
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
+    /// Storage probes failed for `storage.fatal_after_secs`: only a fresh process, which
+    /// re-opens the database, can heal (sled keeps failing once an IO error happened).
+    #[error(
+        "storage has failed for {failing_secs} s without a successful probe (last error: \
+         {last_error}); exiting with code 75 so that the service manager restarts surepush \
+         on a freshly opened database"
+    )]
+    StorageFatal {
+        failing_secs: u64,
+        last_error: String,
+    },
+    #[error("the storage health task failed: {0}")]
+    Health(String),
+}
+
+impl ServerError {
+    /// The process exit code for this error: 75 (EX_TEMPFAIL) when a restart may heal
+    /// it, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::StorageFatal { .. } => EX_TEMPFAIL,
+            _ => 1,
+        }
+    }
 }
 
 /// Everything a handler needs, built once and cloned cheaply.
@@ -176,6 +205,8 @@ pub async fn run(
         admin: Admin::new(&config.data_dir, &config.admin),
     };
 
+    let notifier = Arc::new(Notifier::from_env());
+    let health_state = state.clone();
     let background = vec![
         tokio::spawn(stalls.run()),
         tokio::spawn(retention_loop(state.clone())),
@@ -183,32 +214,71 @@ pub async fn run(
         tokio::spawn(crate::http::admin::stats_loop(state.clone())),
     ];
 
+    let local = listener.local_addr().map_err(ServerError::Listen)?;
     let server = build_http_server(&config, listener, web::Data::new(state))?;
     let handle = server.handle();
     // The server future processes the stop command itself, so it runs as its own task.
     let mut server = tokio::spawn(server);
+    let scheme = if config.insecure_http {
+        "http"
+    } else {
+        "https"
+    };
+    notifier.ready(&format!("serving on {scheme}://{local}"));
+    // Ends only when storage has failed for storage.fatal_after_secs.
+    let mut health = tokio::spawn(crate::health::watch(health_state, notifier.clone()));
 
     let result = tokio::select! {
         r = &mut server => match r {
             Ok(r) => r.map_err(ServerError::Http),
             Err(e) => Err(ServerError::Http(std::io::Error::other(e.to_string()))),
         },
+        fatal = &mut health => {
+            let e = fatal.unwrap_or_else(|e| ServerError::Health(e.to_string()));
+            tracing::error!("{e}");
+            notifier.stopping("storage failed; exiting with code 75 for a restart");
+            stop_http(&shutdown_tx, &handle, server).await;
+            Err(e)
+        }
         _ = shutdown => {
             tracing::info!("shutting down: telling streams to reconnect");
-            let _ = shutdown_tx.send(true);
-            // Let streams write their goodbye before connections are closed.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            handle.stop(true).await;
-            let _ = server.await;
+            notifier.stopping("shutting down");
+            stop_http(&shutdown_tx, &handle, server).await;
             Ok(())
         }
     };
+    health.abort();
     for task in background {
         task.abort();
     }
-    log.close().await?;
-    tracing::info!("stopped; the log is flushed");
-    result
+    let closed = log.close().await;
+    match (result, closed) {
+        (Ok(()), Ok(())) => {
+            tracing::info!("stopped; the log is flushed");
+            Ok(())
+        }
+        (Ok(()), Err(e)) => Err(e.into()),
+        (Err(e), closed) => {
+            if let Err(c) = closed {
+                tracing::error!(error = %c, "the log could not be flushed while stopping");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Graceful HTTP stop: streams are told to reconnect and get to write their goodbye,
+/// in-flight requests finish (up to the shutdown timeout), then the server task ends.
+async fn stop_http(
+    shutdown_tx: &watch::Sender<bool>,
+    handle: &actix_web::dev::ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let _ = shutdown_tx.send(true);
+    // Let streams write their goodbye before connections are closed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    handle.stop(true).await;
+    let _ = server.await;
 }
 
 /// Builds the actix server (kept out of `run` so no builder lives across an await).

@@ -4,8 +4,9 @@
 #     with its mode and owner (dpkg-deb -I / -c);
 #   - the .rpm: the same files, modes and owners, config(noreplace), scriptlets,
 #     requirements (rpm -qip / -qlvp / --configfiles / --scripts / --requires);
-#   - the systemd unit: `systemd-analyze verify` (clean: no warning at all) and its
-#     hardening score (`systemd-analyze security --offline`);
+#   - the systemd unit: `systemd-analyze verify` (clean: no warning at all), its
+#     hardening score (`systemd-analyze security --offline`) and its lifecycle settings
+#     (tests/unit-file.sh: Type=notify, watchdog, restart; runs alone in a second);
 #   - the real maintainer scripts against a temporary root (DPKG_ROOT): install without
 #     systemd (a container), reinstall, then with a simulated running systemd: fresh
 #     install, upgrade of a running and of a stopped server, remove, purge. systemctl is
@@ -193,11 +194,13 @@ exposure=$(systemd-analyze security --offline=true --root="$vroot" surepush.serv
 awk -v e="$exposure" 'BEGIN { exit !(e <= 2.5) }' || fail "hardening regressed: exposure $exposure > 2.5"
 for k in NoNewPrivileges=true ProtectSystem=strict ProtectHome=true PrivateTmp=true PrivateDevices=true \
   ReadWritePaths=/var/lib/surepush AmbientCapabilities=CAP_NET_BIND_SERVICE \
-  CapabilityBoundingSet=CAP_NET_BIND_SERVICE Restart=on-failure 'ExecReload=/bin/kill -HUP $MAINPID' \
+  CapabilityBoundingSet=CAP_NET_BIND_SERVICE \
   'ExecStart=/usr/bin/surepush serve --config /etc/surepush/surepush.toml' User=surepush; do
   grep -qxF "$k" "$root/usr/lib/systemd/system/surepush.service" || fail "unit lacks $k"
 done
 ok "unit hardening: exposure $exposure (systemd-analyze security), required settings present"
+bash tests/unit-file.sh "$root/usr/lib/systemd/system/surepush.service" || fail "unit lifecycle settings"
+ok "unit lifecycle: Type=notify, NotifyAccess=main, WatchdogSec=30s, TimeoutStartSec=90s, Restart=on-failure, RestartSec"
 
 # --- man pages -------------------------------------------------------------------------
 say "man pages"

@@ -1,7 +1,5 @@
 //! Liveness, readiness and metrics.
 
-use std::time::Duration;
-
 use actix_web::{web, HttpResponse};
 
 use super::resource;
@@ -20,19 +18,18 @@ async fn healthz() -> HttpResponse {
         .json(serde_json::json!({"status": "ok"}))
 }
 
-/// Ready when the database accepts and flushes a write.
+/// Ready when the database accepts and flushes a write (the probe the health task,
+/// src/health.rs, runs, with the same timeout) and the data disk is above its free-space
+/// mark (below it, new events are refused with 507 until space is freed).
 async fn readyz(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match tokio::time::timeout(Duration::from_secs(5), st.log.probe()).await {
-        Ok(Ok(())) => Ok(HttpResponse::Ok()
-            .insert_header(("Cache-Control", "no-store"))
-            .json(serde_json::json!({"status": "ready", "head": st.log.id(st.log.head()).to_string()}))),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ApiError::Unavailable {
-            code: "storage_slow",
-            message: "the database did not complete a write within 5 s".into(),
-            retry_after_secs: 5,
-        }),
+    crate::health::probe(&st.log).await?;
+    // storage works, but new events would be refused: not ready for them
+    if let Some(low) = st.log.low_disk() {
+        return Err(low.into());
     }
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(serde_json::json!({"status": "ready", "head": st.log.id(st.log.head()).to_string()})))
 }
 
 async fn metrics(st: web::Data<AppState>) -> HttpResponse {

@@ -14,6 +14,7 @@ pub mod record;
 mod retention;
 mod segment;
 mod segments;
+pub mod space;
 mod stored;
 mod writer;
 
@@ -59,6 +60,12 @@ pub enum StoreError {
     /// already accepted is safe.
     #[error("the disk is full")]
     DiskFull,
+    /// Free space on the data disk is below `storage.min_free_disk_bytes`: new events
+    /// and jobs are refused until space is freed.
+    #[error(
+        "only {free} bytes are free on the data disk, below storage.min_free_disk_bytes ({min})"
+    )]
+    LowDisk { free: u64, min: u64 },
     /// An event segment file could not be read or written.
     #[error("event segment file error: {0}")]
     Segment(#[from] std::io::Error),
@@ -68,7 +75,7 @@ impl StoreError {
     /// True for an error that comes from a full filesystem, however it was wrapped.
     pub fn is_disk_full(&self) -> bool {
         let io = match self {
-            StoreError::DiskFull => return true,
+            StoreError::DiskFull | StoreError::LowDisk { .. } => return true,
             StoreError::Db(sled::Error::Io(e)) => e,
             StoreError::Backup(backup::BackupError::Io(e)) => e,
             StoreError::Segment(e) => e,
@@ -77,9 +84,23 @@ impl StoreError {
         io.raw_os_error() == Some(libc::ENOSPC) || io.kind() == std::io::ErrorKind::StorageFull
     }
 
+    /// A copy of a free-space refusal (errors are not `Clone`).
+    pub(crate) fn for_waiter_low(&self) -> StoreError {
+        match self {
+            StoreError::LowDisk { free, min } => StoreError::LowDisk {
+                free: *free,
+                min: *min,
+            },
+            other => other.for_waiter(),
+        }
+    }
+
     /// The same error for each waiter of one failed write (errors are not `Clone`): a
     /// full disk stays one, anything else becomes its text.
     pub(crate) fn for_waiter(&self) -> StoreError {
+        if let StoreError::LowDisk { .. } = self {
+            return self.for_waiter_low();
+        }
         if self.is_disk_full() {
             StoreError::DiskFull
         } else {

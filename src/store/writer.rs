@@ -210,10 +210,29 @@ impl Writer {
         let mut publishes = Vec::new();
         let mut others = Vec::new();
         let mut commit = Commit::default();
+        // Below the free-space mark new events and jobs are refused; what finishes work
+        // already accepted (completions, leases, retention) goes on.
+        let low = self.shared.space.low().map(|free| StoreError::LowDisk {
+            free,
+            min: self.shared.space.min_free(),
+        });
         for cmd in group {
-            match cmd {
-                WriteCmd::Publish { events, reply } => publishes.push((events, reply)),
-                other => others.push(other),
+            match (cmd, &low) {
+                (WriteCmd::Publish { reply, .. }, Some(e)) => {
+                    self.shared.metrics.publish_errors.inc();
+                    let _ = reply.send(Err(e.for_waiter_low()));
+                }
+                (
+                    WriteCmd::Job {
+                        op: JobOp::Enqueue(_),
+                        reply,
+                    },
+                    Some(e),
+                ) => {
+                    let _ = reply.send(Err(e.for_waiter_low()));
+                }
+                (WriteCmd::Publish { events, reply }, None) => publishes.push((events, reply)),
+                (other, _) => others.push(other),
             }
         }
         // Publishes share one batch; each job operation is its own batch after them, so

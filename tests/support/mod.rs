@@ -322,7 +322,11 @@ pub struct ChildServer {
     pub child: Child,
     pub addr: SocketAddr,
     pub base_url: String,
+    /// The last `LOG_LINES_KEPT` lines the server wrote to stderr.
+    pub log: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
+
+const LOG_LINES_KEPT: usize = 2000;
 
 impl ChildServer {
     pub fn spawn(data_dir: &Path, extra: &[&str]) -> ChildServer {
@@ -340,6 +344,10 @@ impl ChildServer {
             .env_remove("SUREPUSH_CONFIG")
             .env("SUREPUSH_AUTH__ENABLED", "false")
             .env("SUREPUSH_LIMITS__PUBLISH_RATE_PER_SEC", "0")
+            // Not the notify socket of whatever runs the tests: tests/notify.rs sets its own.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -349,10 +357,18 @@ impl ChildServer {
         let mut child = cmd.spawn().expect("spawn surepush");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Ok(mut kept) = kept.lock() {
+                    if kept.len() == LOG_LINES_KEPT {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line.clone());
+                }
                 if !sent {
                     if let Some(i) = line.find("listening on ") {
                         let url = line[i + "listening on ".len()..].trim().to_string();
@@ -373,7 +389,14 @@ impl ChildServer {
             child,
             addr,
             base_url,
+            log,
         }
+    }
+
+    /// What the server has written to stderr so far (its last lines), one string.
+    pub fn log_text(&self) -> String {
+        let lines = self.log.lock().unwrap();
+        lines.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
     pub fn url(&self, path: &str) -> String {
