@@ -122,6 +122,11 @@
     setText('storage', bytes(s.storage_bytes));
     setText('head', s.head_id);
     setText('retention-deleted', s.retention_deleted);
+    setText('storage-now', bytes(s.storage_bytes));
+    setText('segments', s.storage_segments);
+    setText('disk-free', s.disk_free_bytes == null ? 'unknown' : bytes(s.disk_free_bytes));
+    var unmet = document.getElementById('budget-unmet');
+    if (unmet) unmet.hidden = !s.budget_unmet;
     setText('slow', s.slow_consumer_disconnects);
     var NAMES = { sse_stream: 'SSE stream', sse_close: 'SSE close', longpoll: 'long poll', poll: 'poll' };
     fillTable('connections', (s.connections || []).map(function (c) {

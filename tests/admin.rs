@@ -214,6 +214,13 @@ async fn reserved_topics_cannot_be_published_and_root_wildcards_skip_them() {
     let snapshot = &data["data"];
     assert!(snapshot["subscribers"].as_u64().unwrap() >= 2, "{snapshot}");
     assert!(snapshot["connections_total"].as_u64().unwrap() >= 2);
+    // storage as retention sees it: segment files, free disk, the budget met
+    assert!(snapshot["storage_segments"].is_u64(), "{snapshot}");
+    assert!(
+        snapshot["disk_free_bytes"].as_u64().unwrap() > 0,
+        "{snapshot}"
+    );
+    assert_eq!(snapshot["budget_unmet"], false, "{snapshot}");
 
     let id = server.publish("news/1", json!("hello")).await;
     let e = all

@@ -71,6 +71,12 @@ pub struct Stats {
     pub delivered: u64,
     pub queues: Vec<QueueRow>,
     pub storage_bytes: u64,
+    /// Event segment files (retention frees disk a file at a time).
+    pub storage_segments: u64,
+    /// Free bytes on the data disk (None when it cannot be read).
+    pub disk_free_bytes: Option<u64>,
+    /// retention_max_disk_bytes cannot be met by deleting old events.
+    pub budget_unmet: bool,
     pub head_id: String,
     pub retention_deleted: u64,
     pub retention_max_age_secs: u64,
@@ -84,6 +90,8 @@ pub struct Stats {
 pub async fn snapshot(st: &AppState) -> Result<Stats, AdminError> {
     let log = st.log.clone();
     let storage_bytes = crate::store::blocking(move || Ok(log.size_on_disk())).await?;
+    let disk_free_bytes = crate::store::space::available_bytes(&st.config.data_dir).ok();
+    let mut budget_unmet = false;
     st.metrics.storage_bytes.set(storage_bytes as i64);
     let mut connections = Vec::new();
     let mut fallbacks = Vec::new();
@@ -106,6 +114,7 @@ pub async fn snapshot(st: &AppState) -> Result<Stats, AdminError> {
             "surepush_retention_deleted_events_total" => retention_deleted = v,
             "surepush_slow_consumer_disconnects_total" => slow = v,
             "surepush_job_lease_expiries_total" => expiries = v,
+            "surepush_storage_budget_unmet" => budget_unmet = v > 0,
             _ => {}
         }
     }
@@ -145,6 +154,9 @@ pub async fn snapshot(st: &AppState) -> Result<Stats, AdminError> {
         delivered: delivered.saturating_sub(st.admin.internal_deliveries.load(Ordering::Relaxed)),
         queues,
         storage_bytes,
+        storage_segments: st.log.segment_count() as u64,
+        disk_free_bytes,
+        budget_unmet,
         head_id: st.log.id(st.log.head()).to_string(),
         retention_deleted,
         retention_max_age_secs: storage.retention_max_age_secs,
@@ -218,6 +230,7 @@ struct DashboardPage {
     published: String,
     delivered: String,
     max_disk: String,
+    disk_free: String,
 }
 
 async fn dashboard(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, AdminError> {
@@ -239,6 +252,9 @@ async fn dashboard(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
         published: group(stats.published),
         delivered: group(stats.delivered),
         max_disk: bytes(stats.retention_max_disk_bytes),
+        disk_free: stats
+            .disk_free_bytes
+            .map_or_else(|| "unknown".to_string(), bytes),
         stats_json: script_json(&stats_json),
         history_json: script_json(&format!("[{}]", history.join(","))),
         stats,
