@@ -208,9 +208,12 @@ pub struct StorageConfig {
     /// whole segment at a time (0 = a sixteenth of `retention_max_disk_bytes`, within
     /// 1-16 MiB).
     pub segment_bytes: u64,
+    /// Retention deletes the oldest events (whole segments) while less than this is free
+    /// on the data disk, to keep headroom (0 = no such rule).
+    pub min_free_disk_bytes: u64,
     /// New events and jobs are refused (507) while less than this is free on the data
     /// disk; they resume once space is freed (0 = no mark: only a full disk refuses).
-    pub min_free_disk_bytes: u64,
+    pub flood_free_disk_bytes: u64,
     /// Recent events kept in memory, pre-encoded, for fan-out without disk reads.
     pub recent_events_in_memory: usize,
     /// After this many seconds of continuously failing storage probes the server exits
@@ -302,7 +305,8 @@ impl Default for StorageConfig {
             retention_interval_secs: 60,
             cache_bytes: 256 << 20,
             segment_bytes: 0,
-            min_free_disk_bytes: 64 << 20,
+            min_free_disk_bytes: 256 << 20,
+            flood_free_disk_bytes: 64 << 20,
             recent_events_in_memory: 8192,
             fatal_after_secs: 60,
         }

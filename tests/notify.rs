@@ -4,7 +4,7 @@
 //!   binds sends READY=1 once it listens, WATCHDOG=1 while `WATCHDOG_USEC` is set (and
 //!   none when `WATCHDOG_PID` names another process), STOPPING=1 on SIGTERM.
 //! - On a 16 MiB tmpfs: publishes answer 507 once it is full, and go on in the same
-//!   process once space is freed; below `storage.min_free_disk_bytes` they are refused
+//!   process once space is freed; below `storage.flood_free_disk_bytes` they are refused
 //!   at once and /readyz answers 507; with the disk full to the last byte and sled (the
 //!   job queue) hit by it, the storage probe fails and the server exits with code 75
 //!   after `storage.fatal_after_secs`; started again once space is freed, it serves
@@ -290,8 +290,10 @@ async fn full_disk() {
     //    once space is freed publishing goes on in the same process.
     let env = [
         ("SUREPUSH_STORAGE__FATAL_AFTER_SECS", fatal.as_str()),
-        ("SUREPUSH_STORAGE__RETENTION_MAX_EVENTS_PER_TOPIC", "0"),
+        ("SUREPUSH_STORAGE__SEGMENT_BYTES", "262144"),
         ("SUREPUSH_STORAGE__MIN_FREE_DISK_BYTES", "0"),
+        ("SUREPUSH_STORAGE__RETENTION_MAX_EVENTS_PER_TOPIC", "0"),
+        ("SUREPUSH_STORAGE__FLOOD_FREE_DISK_BYTES", "0"),
     ];
     let mut server = ChildServer::spawn_env(&data, &[], &env);
     let (mut acked, full) = publish_until_full(&server.base_url).await;
@@ -319,7 +321,8 @@ async fn full_disk() {
     std::fs::write(&filler, vec![0u8; (free - (2 << 20)) as usize]).unwrap();
     let env = [
         ("SUREPUSH_STORAGE__FATAL_AFTER_SECS", fatal.as_str()),
-        ("SUREPUSH_STORAGE__MIN_FREE_DISK_BYTES", "4194304"),
+        ("SUREPUSH_STORAGE__FLOOD_FREE_DISK_BYTES", "4194304"),
+        ("SUREPUSH_STORAGE__MIN_FREE_DISK_BYTES", "0"),
     ];
     let mut server = ChildServer::spawn_env(&data, &[], &env);
     let r = client_h1()
@@ -352,12 +355,53 @@ async fn full_disk() {
     assert_eq!(status.code(), Some(0), "{}", server.log_text());
     drop(server);
 
+    // 2b. Headroom: with less free than storage.min_free_disk_bytes, retention deletes
+    //     the oldest segments, the fewest that give it back, and keeps the newest events.
+    let free = free_bytes(&disk.path);
+    let wanted = free + (3 << 20);
+    let headroom = wanted.to_string();
+    let env = [
+        ("SUREPUSH_STORAGE__FATAL_AFTER_SECS", fatal.as_str()),
+        ("SUREPUSH_STORAGE__SEGMENT_BYTES", "262144"),
+        ("SUREPUSH_STORAGE__FLOOD_FREE_DISK_BYTES", "0"),
+        ("SUREPUSH_STORAGE__MIN_FREE_DISK_BYTES", headroom.as_str()),
+        ("SUREPUSH_STORAGE__RETENTION_INTERVAL_SECS", "1"),
+    ];
+    let mut server = ChildServer::spawn_env(&data, &[], &env);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while free_bytes(&disk.path) < wanted {
+        assert!(
+            Instant::now() < deadline,
+            "retention did not give back the headroom: {} free, {wanted} wanted",
+            free_bytes(&disk.path)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = read_events(&server.base_url, "full/**", "0").await;
+    let kept_ids: Vec<String> = kept
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(String::from))
+        .collect();
+    assert!(
+        !kept_ids.is_empty(),
+        "headroom retention deleted every event"
+    );
+    assert!(kept_ids.len() < acked.len(), "nothing was deleted");
+    // what is gone is the oldest: the kept ones are the tail of the acknowledged ones
+    acked = acked[acked.len() - kept_ids.len()..].to_vec();
+    assert_eq!(kept_ids, acked);
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(20)).expect("no exit");
+    assert_eq!(status.code(), Some(0), "{}", server.log_text());
+    drop(server);
+
     // 3. Storage that fails for good inside the process: the disk full to the last byte
     //    (a filler takes what is left) and sled, which keeps the jobs, hit by it. The
     //    storage probe then fails, the server exits with 75 after fatal_after_secs, and a
     //    fresh process, once space is freed, has everything.
     let env = [
         ("SUREPUSH_STORAGE__FATAL_AFTER_SECS", fatal.as_str()),
+        ("SUREPUSH_STORAGE__FLOOD_FREE_DISK_BYTES", "0"),
         ("SUREPUSH_STORAGE__MIN_FREE_DISK_BYTES", "0"),
     ];
     let server = ChildServer::spawn_env(&data, &[], &env);

@@ -130,6 +130,7 @@ fn no_retention() -> RetentionPolicy {
         max_age_ms: 0,
         max_events_per_topic: 0,
         max_disk_bytes: 0,
+        min_free_disk_bytes: 0,
         max_work: 10_000,
     }
 }
@@ -1186,6 +1187,23 @@ async fn retention_by_disk_meets_the_budget_with_the_oldest_segments_and_never_d
         metric(&metrics.render(), "surepush_storage_budget_unmet"),
         1.0
     );
+    assert_eq!(
+        read_all(&log, 0, &pats(&["**"]), 1000).await.len(),
+        left.len()
+    );
+    // nor does headroom that no deletion can give
+    let r = log
+        .retain(
+            RetentionPolicy {
+                min_free_disk_bytes: u64::MAX / 4,
+                ..no_retention()
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.deleted(), 0, "{r:?}");
+    assert!(r.budget_unmet, "{r:?}");
     assert_eq!(
         read_all(&log, 0, &pats(&["**"]), 1000).await.len(),
         left.len()

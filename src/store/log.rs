@@ -71,7 +71,7 @@ pub(super) struct Shared {
     pub segments: Arc<Segments>,
     /// What retention removed: readers leave it out.
     pub trimmed: RwLock<Trimmed>,
-    /// Free space on the data disk against `storage.min_free_disk_bytes`.
+    /// Free space on the data disk against `storage.flood_free_disk_bytes`.
     pub space: super::space::FreeSpace,
     pub epoch: u32,
     /// Highest seq that is durable and visible.
@@ -208,7 +208,7 @@ impl EventLog {
             tree,
             segments: Arc::new(segments),
             trimmed: RwLock::new(trimmed),
-            space: super::space::FreeSpace::new(path, config.min_free_disk_bytes),
+            space: super::space::FreeSpace::new(path, config.flood_free_disk_bytes),
             epoch,
             head: AtomicU64::new(next_seq - 1),
             max_trimmed: AtomicU64::new(max_trimmed),
@@ -247,7 +247,7 @@ impl EventLog {
     }
 
     /// `Some(free bytes)` while the data disk has less free than
-    /// `storage.min_free_disk_bytes` (new events and jobs are refused meanwhile).
+    /// `storage.flood_free_disk_bytes` (new events and jobs are refused meanwhile).
     pub fn low_disk(&self) -> Option<StoreError> {
         let free = self.shared.space.low()?;
         Some(StoreError::LowDisk {

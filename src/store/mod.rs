@@ -60,10 +60,10 @@ pub enum StoreError {
     /// already accepted is safe.
     #[error("the disk is full")]
     DiskFull,
-    /// Free space on the data disk is below `storage.min_free_disk_bytes`: new events
+    /// Free space on the data disk is below `storage.flood_free_disk_bytes`: new events
     /// and jobs are refused until space is freed.
     #[error(
-        "only {free} bytes are free on the data disk, below storage.min_free_disk_bytes ({min})"
+        "only {free} bytes are free on the data disk, below storage.flood_free_disk_bytes ({min})"
     )]
     LowDisk { free: u64, min: u64 },
     /// An event segment file could not be read or written.

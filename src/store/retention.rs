@@ -33,6 +33,8 @@ pub struct RetentionPolicy {
     pub max_age_ms: u64,
     pub max_events_per_topic: u64,
     pub max_disk_bytes: u64,
+    /// Headroom kept on the data disk: the oldest segments go while less is free.
+    pub min_free_disk_bytes: u64,
     /// Most events one pass removes (and most records it reads).
     pub max_work: usize,
 }
@@ -43,6 +45,7 @@ impl RetentionPolicy {
             max_age_ms: c.retention_max_age_secs.saturating_mul(1000),
             max_events_per_topic: c.retention_max_events_per_topic,
             max_disk_bytes: c.retention_max_disk_bytes,
+            min_free_disk_bytes: c.min_free_disk_bytes,
             max_work: 100_000,
         }
     }
@@ -166,11 +169,7 @@ pub(super) fn plan(
     if policy.max_age_ms > 0 {
         age_cutoff = Some(now_ms.saturating_sub(policy.max_age_ms));
     }
-    let disk_through = if policy.max_disk_bytes > 0 {
-        disk_target(shared, policy.max_disk_bytes, &mut plan.report)
-    } else {
-        None
-    };
+    let disk_through = disk_target(shared, policy, &mut plan.report);
     if age_cutoff.is_some() || disk_through.is_some() {
         let from = trimmed.swept + 1;
         let mut failed = None;
@@ -218,18 +217,37 @@ pub(super) fn plan(
     Ok(plan)
 }
 
-/// The seq through which the oldest segments must go to bring the database under
-/// `budget`: the fewest whole sealed segments that suffice. None when it is under, or
-/// when deleting every sealed segment would not suffice (then nothing is deleted).
-fn disk_target(shared: &Shared, budget: u64, report: &mut RetentionReport) -> Option<u64> {
+/// The seq through which the oldest segments must go to bring the database under its
+/// budget and keep the disk's headroom: the fewest whole sealed segments that suffice.
+/// None when nothing needs to go, or when deleting every sealed segment would not
+/// suffice (then nothing is deleted, and the metric and log say so).
+fn disk_target(
+    shared: &Shared,
+    policy: &RetentionPolicy,
+    report: &mut RetentionReport,
+) -> Option<u64> {
+    if policy.max_disk_bytes == 0 && policy.min_free_disk_bytes == 0 {
+        return None;
+    }
     let sled_bytes = shared.db.size_on_disk().unwrap_or(0);
     let total = shared.segments.bytes() + sled_bytes;
+    let budget = policy.max_disk_bytes;
+    let over_budget = if budget > 0 {
+        total.saturating_sub(budget)
+    } else {
+        0
+    };
+    let free = match policy.min_free_disk_bytes {
+        0 => None,
+        _ => shared.space.available(),
+    };
+    let short_of_headroom = free.map_or(0, |f| policy.min_free_disk_bytes.saturating_sub(f));
+    let need = over_budget.max(short_of_headroom);
     let metrics = &shared.metrics;
-    if total <= budget {
+    if need == 0 {
         metrics.storage_budget_unmet.set(0);
         return None;
     }
-    let need = total - budget;
     let mut freed = 0u64;
     for seg in shared.segments.sealed() {
         freed += seg.bytes;
@@ -244,8 +262,10 @@ fn disk_target(shared: &Shared, budget: u64, report: &mut RetentionReport) -> Op
         budget,
         total,
         sled_bytes,
+        free_bytes = free,
+        min_free_disk_bytes = policy.min_free_disk_bytes,
         newest_segment_bytes = shared.segments.active_bytes(),
-        "retention_max_disk_bytes cannot be met by deleting old events: nothing deleted for it; raise the budget or lower the other limits"
+        "the disk budget (retention_max_disk_bytes, min_free_disk_bytes) cannot be met by deleting old events: nothing deleted for it; raise the budget, free disk space or lower the other limits"
     );
     None
 }

@@ -1,5 +1,6 @@
-//! Free space on the data disk, and the mark below which new events and jobs are refused
-//! (`storage.min_free_disk_bytes`): refusing them early leaves room for what must still
+//! Free space on the data disk, and the flood mark below which new events and jobs are
+//! refused (`storage.flood_free_disk_bytes`, after Elasticsearch's flood stage; the
+//! headroom retention keeps, `storage.min_free_disk_bytes`, is in `retention.rs`): refusing them early leaves room for what must still
 //! be written (job completions, retention's marks, sled's own log) and keeps the disk
 //! from filling up to the last byte, where every file system misbehaves. Writes resume
 //! by themselves once space is freed, or once retention frees it.
@@ -56,6 +57,11 @@ impl FreeSpace {
             }
         };
         (free < self.min_free).then_some(free)
+    }
+
+    /// Free bytes now (not cached), None when the file system cannot be asked.
+    pub fn available(&self) -> Option<u64> {
+        available_bytes(&self.dir).ok()
     }
 
     pub fn min_free(&self) -> u64 {
