@@ -1534,3 +1534,62 @@ fn retry_locked<T, E: std::fmt::Display>(mut f: impl FnMut() -> Result<T, E>) ->
         }
     }
 }
+
+/// No publish waits behind a whole retention pass: only recording what a pass removes
+/// runs on the writer (one small batch), so publishes are answered while the pass reads
+/// and frees a large backlog, and nothing they add is removed by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn publishes_are_answered_during_a_large_retention_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let log = Arc::new(open(&path, &small_segments(0)));
+    for b in 0..200 {
+        log.publish(
+            (0..1000)
+                .map(|i| ev(&format!("big/{}", i % 50), "t", json!(b)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    }
+    let backlog = log.head();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let pass = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.retain(
+                RetentionPolicy {
+                    max_age_ms: 10,
+                    max_work: 1_000_000,
+                    ..no_retention()
+                },
+                now_ms(),
+            )
+            .await
+            .unwrap()
+        })
+    };
+    let mut during = Vec::new();
+    while !pass.is_finished() {
+        let id = log
+            .publish(vec![ev("live/a", "t", json!("during"))])
+            .await
+            .unwrap();
+        if !pass.is_finished() {
+            during.push(id[0].seq);
+        }
+    }
+    let report = pass.await.unwrap();
+    assert_eq!(report.deleted_by_age, backlog, "{report:?}");
+    assert!(
+        !during.is_empty(),
+        "no publish was answered while the pass over {backlog} events ran"
+    );
+    let live = read_all(&log, 0, &pats(&["live/a"]), 10_000).await;
+    let live: HashSet<u64> = seqs(&live).into_iter().collect();
+    assert!(
+        during.iter().all(|s| live.contains(s)),
+        "an event published during the pass was removed"
+    );
+    assert!(read_all(&log, 0, &pats(&["big/**"]), 1000).await.is_empty());
+}
