@@ -1543,7 +1543,7 @@ async fn publishes_are_answered_during_a_large_retention_pass() {
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
     let log = Arc::new(open(&path, &small_segments(0)));
-    for b in 0..200 {
+    for b in 0..100 {
         log.publish(
             (0..1000)
                 .map(|i| ev(&format!("big/{}", i % 50), "t", json!(b)))
