@@ -113,7 +113,7 @@ impl Shared {
         self.trimmed.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The stored records of these seqs that retention left alive, decoded.
+    /// The stored records of these seqs that retention left alive, decoded, ascending.
     pub fn events_at(&self, seqs: &[u64]) -> Result<Vec<EncodedEvent>, StoreError> {
         let found = self.segments.get_many(seqs)?;
         let trimmed = self.trimmed();
@@ -603,7 +603,8 @@ impl EventLog {
             while out.len() < limit {
                 let seqs = index::seqs_before(&shared.tree, &topic, below, limit - out.len())?;
                 let Some(&oldest) = seqs.last() else { break };
-                out.extend(shared.events_at(&seqs)?);
+                // newest first, as the index gave them
+                out.extend(shared.events_at(&seqs)?.into_iter().rev());
                 below = Some(oldest);
             }
             Ok(out)

@@ -30,7 +30,10 @@ const HEADER: usize = 16;
 const SPARSE_EVERY: u64 = 4096;
 /// Largest payload a record may have (a bigger length is a torn or foreign record).
 const MAX_PAYLOAD: u32 = 256 << 20;
+/// Read size of a sequential scan.
 const READ_CHUNK: usize = 64 << 10;
+/// Read size of a lookup: from its sparse entry the record is at most this far on.
+const LOOKUP_CHUNK: usize = 2 * SPARSE_EVERY as usize;
 
 /// What one topic has in a segment: enough to tell whether the segment still holds any
 /// of its live events, and roughly how many bytes they take.
@@ -114,16 +117,18 @@ struct PosReader<'a> {
     file: &'a File,
     pos: u64,
     end: u64,
+    chunk: usize,
     buf: Vec<u8>,
     at: usize,
 }
 
 impl<'a> PosReader<'a> {
-    fn new(file: &'a File, pos: u64, end: u64) -> Self {
+    fn new(file: &'a File, pos: u64, end: u64, chunk: usize) -> Self {
         PosReader {
             file,
             pos,
             end,
+            chunk,
             buf: Vec::new(),
             at: 0,
         }
@@ -135,7 +140,7 @@ impl<'a> PosReader<'a> {
             return Ok(None);
         }
         if self.buf.len() - self.at < n {
-            let want = n.max(READ_CHUNK).min((self.end - self.pos) as usize);
+            let want = n.max(self.chunk).min((self.end - self.pos) as usize);
             let mut buf = vec![0u8; want];
             let mut got = 0;
             while got < want {
@@ -248,7 +253,7 @@ impl Segment {
             ..State::default()
         };
         {
-            let mut r = PosReader::new(&file, MAGIC.len() as u64, file_len);
+            let mut r = PosReader::new(&file, MAGIC.len() as u64, file_len, READ_CHUNK);
             loop {
                 let offset = r.pos;
                 match read_record(&mut r)? {
@@ -364,6 +369,16 @@ impl Segment {
         &self,
         from: u64,
         upto: u64,
+        f: impl FnMut(u64, Vec<u8>) -> bool,
+    ) -> io::Result<()> {
+        self.scan_with(from, upto, READ_CHUNK, f)
+    }
+
+    fn scan_with(
+        &self,
+        from: u64,
+        upto: u64,
+        chunk: usize,
         mut f: impl FnMut(u64, Vec<u8>) -> bool,
     ) -> io::Result<()> {
         let (start, end) = {
@@ -376,7 +391,7 @@ impl Segment {
             };
             (start, s.len)
         };
-        let mut r = PosReader::new(&self.file, start, end);
+        let mut r = PosReader::new(&self.file, start, end, chunk);
         while let Some((seq, payload)) = read_record(&mut r)? {
             if seq > upto {
                 break;
@@ -391,7 +406,7 @@ impl Segment {
     /// The payload of record `seq`, if this segment has it.
     pub fn get(&self, seq: u64) -> io::Result<Option<Vec<u8>>> {
         let mut found = None;
-        self.scan(seq, seq, |s, payload| {
+        self.scan_with(seq, seq, LOOKUP_CHUNK, |s, payload| {
             if s == seq {
                 found = Some(payload);
             }

@@ -202,16 +202,45 @@ impl Segments {
         i.checked_sub(1).map(|i| &list[i])
     }
 
-    /// The record of each seq found, in the order asked (missing ones left out).
+    /// The record of each seq found, ascending (missing ones left out). Seqs close
+    /// together (a topic's run) are read in one sequential pass, scattered ones one by one.
     pub fn get_many(&self, seqs: &[u64]) -> io::Result<Vec<(u64, Vec<u8>)>> {
         let list: Vec<Arc<Segment>> = self.list().clone();
-        let mut out = Vec::with_capacity(seqs.len());
-        for &seq in seqs {
-            if let Some(seg) = Self::holding(&list, seq) {
-                if let Some(p) = seg.get(seq)? {
-                    out.push((seq, p));
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut out = Vec::with_capacity(sorted.len());
+        let mut rest = &sorted[..];
+        while let Some(&first) = rest.first() {
+            let Some(seg) = Self::holding(&list, first) else {
+                rest = &rest[1..];
+                continue;
+            };
+            // the seqs this segment may hold
+            let next_name = list
+                .iter()
+                .find(|s| s.name_seq > seg.name_seq)
+                .map_or(u64::MAX, |s| s.name_seq);
+            let n = rest.partition_point(|&s| s < next_name);
+            let (mine, later) = rest.split_at(n);
+            let span = mine[mine.len() - 1] - mine[0] + 1;
+            if span <= 8 * mine.len() as u64 {
+                let mut want = mine.iter().peekable();
+                seg.scan(mine[0], mine[mine.len() - 1], |s, p| {
+                    while want.next_if(|&&w| w < s).is_some() {}
+                    if want.next_if(|&&w| w == s).is_some() {
+                        out.push((s, p));
+                    }
+                    want.peek().is_some()
+                })?;
+            } else {
+                for &seq in mine {
+                    if let Some(p) = seg.get(seq)? {
+                        out.push((seq, p));
+                    }
                 }
             }
+            rest = later;
         }
         Ok(out)
     }
@@ -342,7 +371,13 @@ mod tests {
         }
         segs.sync().unwrap();
         assert!(segs.count() > 3, "{} segments", segs.count());
-        let got = segs.get_many(&[1, 77, 200, 201]).unwrap();
+        let dense: Vec<u64> = (50..=120).rev().collect();
+        let got = segs.get_many(&dense).unwrap();
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (50..=120).collect::<Vec<_>>()
+        );
+        let got = segs.get_many(&[200, 1, 77, 201, 77]).unwrap();
         assert_eq!(
             got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
             vec![1, 77, 200]
