@@ -12,13 +12,24 @@ pub struct Server {
     pub addr: SocketAddr,
     pub pid: u32,
     dir: PathBuf,
+    /// The data directory was given (not made here): left on disk at the end.
+    keep: bool,
+}
+
+impl Server {
+    /// The server's `--data-dir`.
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -30,7 +41,8 @@ pub fn default_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release/surepush"))
 }
 
-/// Starts `surepush serve` on 127.0.0.1:0 and waits for its "listening on" line.
+/// Starts `surepush serve` on 127.0.0.1:0 in a fresh data directory under `data_parent`
+/// (removed at the end) and waits for its "listening on" line.
 pub fn spawn(
     bin: &Path,
     data_parent: &Path,
@@ -42,6 +54,19 @@ pub fn spawn(
         std::process::id(),
         rand::random::<u32>()
     ));
+    spawn_in(bin, &dir, false, tls, env)
+}
+
+/// Starts `surepush serve` on 127.0.0.1:0 with `--data-dir dir` (created if missing;
+/// with `keep`, left on disk at the end) and waits for its "listening on" line.
+pub fn spawn_in(
+    bin: &Path,
+    dir: &Path,
+    keep: bool,
+    tls: bool,
+    env: &[(&str, &str)],
+) -> io::Result<Server> {
+    let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir)?;
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -80,6 +105,7 @@ pub fn spawn(
         addr,
         pid,
         dir: dir.clone(),
+        keep,
     };
     match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(a) => match a.parse() {

@@ -7,6 +7,7 @@
 //!   surepush-bench publish --secs 5
 //!   surepush-bench longpoll --subs 1000 --rate 100 --secs 10
 //!   surepush-bench jobs --jobs 5000
+//!   surepush-bench soak --secs 300                # retention's steady state (issue 14)
 //!   surepush-bench suite                       # all of the above against surepush
 //!   surepush-bench compare --nchan URL --pushpin URL --pushpin-pub URL ...   # peers.sh
 
@@ -17,6 +18,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod child;
 mod client;
 mod compare;
+mod dirsize;
 mod fanout;
 mod h1;
 mod idle;
@@ -24,6 +26,7 @@ mod jobs;
 mod net;
 mod publish;
 mod report;
+mod soak;
 mod sse;
 mod stats;
 mod subscriber;
@@ -151,6 +154,9 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         enqueuers: usize,
     },
+    /// Steady state with retention active: publishers keep publishing into a retained
+    /// log; samples of rate, latency, db size and RSS, then a read-back check.
+    Soak(soak::SoakArgs),
     /// Every surepush workload; writes bench/results/surepush.md.
     Suite(suite::SuiteArgs),
     /// surepush vs Nchan vs Pushpin, interleaved rounds; writes bench/results/compare.md
@@ -270,6 +276,7 @@ fn main() -> ExitCode {
                 println!("{}", o.line());
                 Ok(o.correct())
             }
+            Cmd::Soak(a) => soak::run(&a).await,
             Cmd::Suite(a) => suite::run(&a).await,
             Cmd::Compare(a) => compare::run(&a).await,
         }
