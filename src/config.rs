@@ -205,8 +205,7 @@ pub struct StorageConfig {
     /// sled page cache size.
     pub cache_bytes: u64,
     /// Size at which the event log starts a new segment file; retention frees disk a
-    /// whole segment at a time (0 = a sixteenth of `retention_max_disk_bytes`, within
-    /// 1-16 MiB).
+    /// whole segment at a time (0 = 1/64 of `retention_max_disk_bytes`, within 1-4 MiB).
     pub segment_bytes: u64,
     /// Retention deletes the oldest events (whole segments) while less than this is free
     /// on the data disk, to keep headroom (0 = no such rule).

@@ -17,15 +17,18 @@ use super::segments::Segments;
 use super::{keys, StoreError};
 use crate::config::StorageConfig;
 
-/// Segment size when the configuration leaves it to us: a sixteenth of the disk budget
-/// (so retention frees space in steps of about 6 % of it), within 1-16 MiB.
+/// Segment size when the configuration leaves it to us: 1/64 of the disk budget, within
+/// 1-4 MiB. Count and age retention free a segment only once all of it is gone, so what
+/// is kept overhangs by about one segment: small segments keep `db/` close to what is
+/// kept (soak, 100 topics x 2 000 events: 16 MiB segments 2.35x the retained JSON, 4 MiB
+/// 2.10x), and a 4 GiB budget is still only ~1 000 files.
 pub fn segment_bytes(config: &StorageConfig) -> u64 {
     if config.segment_bytes > 0 {
         return config.segment_bytes;
     }
     match config.retention_max_disk_bytes {
-        0 => 16 << 20,
-        budget => (budget / 16).clamp(1 << 20, 16 << 20),
+        0 => 4 << 20,
+        budget => (budget / 64).clamp(1 << 20, 4 << 20),
     }
 }
 
