@@ -202,7 +202,8 @@ pub struct StorageConfig {
     pub retention_max_disk_bytes: u64,
     /// How often retention runs.
     pub retention_interval_secs: u64,
-    /// sled page cache size.
+    /// sled page cache size: sled holds the index, topic metadata and jobs (events are in
+    /// segment files, read through the OS page cache), so an appliance needs little.
     pub cache_bytes: u64,
     /// Size at which the event log starts a new segment file; retention frees disk a
     /// whole segment at a time (0 = 1/64 of `retention_max_disk_bytes`, within 1-4 MiB).
@@ -302,7 +303,7 @@ impl Default for StorageConfig {
             retention_max_events_per_topic: 10_000,
             retention_max_disk_bytes: 4 << 30,
             retention_interval_secs: 60,
-            cache_bytes: 256 << 20,
+            cache_bytes: 64 << 20,
             segment_bytes: 0,
             min_free_disk_bytes: 256 << 20,
             flood_free_disk_bytes: 64 << 20,
