@@ -34,6 +34,7 @@ pub struct Metrics {
     pub storage_bytes: Gauge,
     pub storage_budget_unmet: Gauge,
     pub storage_segments: Gauge,
+    pub index_entries: Gauge,
     /// 1 while the storage probe (src/health.rs) succeeds, 0 while it fails.
     pub storage_healthy: Gauge,
     pub commit_group_events: Histogram,
@@ -114,6 +115,12 @@ impl Metrics {
             "Event segment files on disk",
             storage_segments.clone(),
         );
+        let index_entries = Gauge::default();
+        registry.register(
+            "index_entries",
+            "Events in the in-memory per-topic index (about 4 bytes of memory each)",
+            index_entries.clone(),
+        );
         let storage_healthy = Gauge::default();
         // Healthy until a probe says otherwise: the server only starts on an open database.
         storage_healthy.set(1);
@@ -180,6 +187,7 @@ impl Metrics {
             storage_bytes,
             storage_budget_unmet,
             storage_segments,
+            index_entries,
             storage_healthy,
             commit_group_events,
             storage_flush_seconds,

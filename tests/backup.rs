@@ -166,10 +166,12 @@ fn segment_records(data_dir: &Path) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
-/// Makes a stopped server's database look like schema 1, 2 or 3 (or sets any marker).
-/// Up to schema 3 the events were in sled (`e` seq(8, BE) -> record), not in segments.
+/// Makes a stopped server's database look like schema 1 to 4 (or sets any marker).
+/// Up to schema 3 the events were in sled (`e` seq(8, BE) -> record), not in segments;
+/// up to schema 4 the per-topic index was in sled too, one `i` topic 0x00 seq(8, BE)
+/// entry per event being valid in every schema up to 4.
 fn set_schema(data_dir: &Path, schema: u32) {
-    let records = if schema <= 3 {
+    let records = if schema <= 4 {
         segment_records(data_dir)
     } else {
         Vec::new()
@@ -178,8 +180,18 @@ fn set_schema(data_dir: &Path, schema: u32) {
     let log = db.open_tree("log").unwrap();
     log.insert(meta_key("schema"), &schema.to_be_bytes())
         .unwrap();
-    if schema <= 3 {
+    if schema <= 4 {
         assert!(!records.is_empty());
+        for (seq, rec) in &records {
+            let topic = surepush::store::record::decode_head(rec).unwrap().topic;
+            let mut key = vec![b'i'];
+            key.extend_from_slice(topic.as_bytes());
+            key.push(0);
+            key.extend_from_slice(&seq.to_be_bytes());
+            log.insert(key, b"".as_slice()).unwrap();
+        }
+    }
+    if schema <= 3 {
         for (seq, rec) in records {
             let mut key = vec![b'e'];
             key.extend_from_slice(&seq.to_be_bytes());
@@ -190,22 +202,6 @@ fn set_schema(data_dir: &Path, schema: u32) {
     if schema == 1 {
         log.remove(meta_key("created_ms")).unwrap();
         log.remove(meta_key("written_by")).unwrap();
-    }
-    if schema <= 2 {
-        // before schema 3 every index entry was one event: `i topic 0 seq -> ""`
-        for kv in log.scan_prefix(b"i") {
-            let (k, v) = kv.unwrap();
-            if v.len() == 8 {
-                let (prefix, first) = k.split_at(k.len() - 8);
-                let first = u64::from_be_bytes(first.try_into().unwrap());
-                let last = u64::from_be_bytes(v.as_ref().try_into().unwrap());
-                for seq in first..=last {
-                    let mut key = prefix.to_vec();
-                    key.extend_from_slice(&seq.to_be_bytes());
-                    log.insert(key, b"".as_slice()).unwrap();
-                }
-            }
-        }
     }
     db.flush().unwrap();
 }
@@ -721,9 +717,44 @@ async fn backup_endpoint_needs_an_admin_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_4_database_keeps_its_events_and_loses_its_sled_index() {
+    let src = TestServer::start().await;
+    let batch = (1..=30)
+        .map(|i| json!({"topic": if i % 3 == 0 { "s4/b" } else { "s4/a" }, "data": i}))
+        .collect();
+    publish_batch(&src.base_url, batch).await;
+    let data = src.data_dir.clone();
+    let _keep = src.stop().await;
+    set_schema(&data, 4);
+    // no ring of recent events: every read goes through the index built at open
+    let mut child = support::ChildServer::spawn_env(
+        &data,
+        &[],
+        &[("SUREPUSH_STORAGE__RECENT_EVENTS_IN_MEMORY", "0")],
+    );
+    let a = read_events(&child.base_url, "s4/a", "0").await;
+    let values: Vec<i64> = a.iter().map(|e| e["data"].as_i64().unwrap()).collect();
+    assert_eq!(values, (1..=30).filter(|i| i % 3 != 0).collect::<Vec<_>>());
+    let b = read_events(&child.base_url, "s4/b", a[3]["id"].as_str().unwrap()).await;
+    let values: Vec<i64> = b.iter().map(|e| e["data"].as_i64().unwrap()).collect();
+    assert_eq!(values, (6..=30).step_by(3).collect::<Vec<_>>());
+    child.sigterm();
+    assert!(child
+        .wait_exit(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
+    assert_eq!(schema_in(&data), SCHEMA_VERSION);
+    let db = open_sled(&data);
+    let log = db.open_tree("log").unwrap();
+    assert!(
+        log.scan_prefix(b"i").next().is_none(),
+        "the sled index was left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_1_is_migrated_and_a_newer_schema_refused_by_serve_and_restore() {
     // a schema-1 database: a current one with the marker set back, schema 2's keys
-    // removed and schema 3's index runs split into one entry per event
+    // removed, the events and an index of one entry per event in sled
     let src = TestServer::start().await;
     let first = src.publish("mig/t", json!(1)).await;
     let batch = (2..=10)
@@ -785,8 +816,9 @@ async fn schema_1_is_migrated_and_a_newer_schema_refused_by_serve_and_restore() 
             log.get(meta_key("written_by")).unwrap().unwrap(),
             env!("CARGO_PKG_VERSION").as_bytes()
         );
-        // the events moved out of sled into segment files
+        // the events moved out of sled into segment files, the index into memory
         assert!(log.scan_prefix(b"e").next().is_none());
+        assert!(log.scan_prefix(b"i").next().is_none());
         assert_eq!(segment_records(&data).len(), 29);
         let created = log.get(meta_key("created_ms")).unwrap().unwrap();
         let created = u64::from_be_bytes(created.as_ref().try_into().unwrap());

@@ -41,6 +41,7 @@ async fn metrics(st: web::Data<AppState>) -> HttpResponse {
     st.metrics
         .storage_segments
         .set(st.log.segment_count() as i64);
+    st.metrics.index_entries.set(st.log.index_entries() as i64);
     if let Ok(queues) = st.log.queues().await {
         use crate::metrics::QueueStateLabels;
         use crate::store::jobs::JobState;

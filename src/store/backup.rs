@@ -21,7 +21,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{index, jobs, keys, migrate, now_ms, StoreError, SCHEMA_VERSION};
+use super::{jobs, keys, migrate, now_ms, StoreError, SCHEMA_VERSION};
 
 pub const MAGIC: &[u8; 8] = b"SPBACKUP";
 pub const FORMAT_VERSION: u16 = 1;
@@ -89,7 +89,7 @@ pub struct Summary {
 
 impl Summary {
     /// A tree record; the log tree comes twice in a backup taken while serving (its
-    /// events and index last), and is listed once.
+    /// events last), and is listed once.
     fn enter_tree(&mut self, name: &[u8]) {
         let name = String::from_utf8_lossy(name).into_owned();
         if !self.trees.iter().any(|t| t.name == name) {
@@ -144,12 +144,12 @@ fn put_bytes32(w: &mut impl Write, b: &[u8]) -> io::Result<()> {
 }
 
 /// A snapshot being written, in two phases. `begin` writes the header and every tree
-/// except the log's events and their index entries, and must run while nothing writes
-/// (on the writer thread, or on an exclusively opened database): that is the cut.
-/// `events_upto` then copies the events and index entries up to the cut's head, which
-/// can run while the server goes on writing, because both are immutable once written
-/// and retention is held off meanwhile (`Shared::retention_hold`); `finish` adds the
-/// side files and the checksum.
+/// except the log's events (and the per-topic index of schema 4, which it leaves out:
+/// derived data), and must run while nothing writes (on the writer thread, or on an
+/// exclusively opened database): that is the cut. `events_upto` then copies the events
+/// up to the cut's head, which can run while the server goes on writing, because they
+/// are immutable once written and retention is held off meanwhile
+/// (`Shared::retention_hold`); `finish` adds the side files and the checksum.
 pub struct Snapshot<W: Write> {
     w: HashWriter<W>,
     s: Summary,
@@ -163,7 +163,8 @@ pub trait EventSource {
     fn each(&self, upto: u64, f: &mut EachEvent<'_>) -> Result<(), StoreError>;
 }
 
-/// Keys of the log tree that `events_upto` copies: events and the per-topic index.
+/// Keys of the log tree `begin` leaves out: events (`events_upto` copies them) and the
+/// per-topic index of schema 4 and before (derived data, rebuilt at open).
 fn is_event_data(key: &[u8]) -> bool {
     matches!(key.first(), Some(&keys::EVENT) | Some(&keys::INDEX))
 }
@@ -248,24 +249,13 @@ impl<W: Write> Snapshot<W> {
         Ok(())
     }
 
-    /// The log's live events (written as `e` pairs, the layout of schema 3, which a
-    /// restore moves into segments) and index entries with seq at most `head`.
-    pub fn events_upto(
-        &mut self,
-        db: &sled::Db,
-        events: &dyn EventSource,
-        head: u64,
-    ) -> Result<(), StoreError> {
-        let log = db.open_tree(LOG_TREE)?;
+    /// The log's live events with seq at most `head`, written as `e` pairs (the layout
+    /// of schema 3, which a restore moves into segments). No index: the restored log
+    /// builds its own from the events.
+    pub fn events_upto(&mut self, events: &dyn EventSource, head: u64) -> Result<(), StoreError> {
         let name = LOG_TREE.as_bytes();
         self.tree_record(name)?;
         events.each(head, &mut |seq, v| self.pair(name, &keys::event(seq), v))?;
-        for kv in log.scan_prefix([keys::INDEX]) {
-            let (k, v) = kv?;
-            if let Some(v) = index::clamp_to(&k, &v, head) {
-                self.pair(name, &k, &v)?;
-            }
-        }
         Ok(())
     }
 
@@ -300,7 +290,7 @@ pub fn write_snapshot<W: Write>(
     out: W,
 ) -> Result<Summary, StoreError> {
     let mut snap = Snapshot::begin(db, out)?;
-    snap.events_upto(db, events, u64::MAX)?;
+    snap.events_upto(events, u64::MAX)?;
     snap.finish(files)
 }
 
@@ -403,14 +393,10 @@ pub fn begin_online(
 impl OnlineSnapshot {
     /// The events up to the cut and the end; runs while the server writes (retention
     /// must be held off). Removes the file on failure.
-    pub fn finish(
-        mut self,
-        db: &sled::Db,
-        events: &dyn EventSource,
-    ) -> Result<Summary, StoreError> {
+    pub fn finish(mut self, events: &dyn EventSource) -> Result<Summary, StoreError> {
         let result = self
             .snap
-            .events_upto(db, events, self.head)
+            .events_upto(events, self.head)
             .and_then(|_| self.snap.finish(&self.files));
         match result {
             Ok(mut s) => {
@@ -783,17 +769,17 @@ mod tests {
             log.insert(keys::index("t", seq), b"".as_slice()).unwrap();
         }
         log.insert(jobs::job_key(2), b"{}".as_slice()).unwrap();
-        let written = cut.finish(&db, &legacy_events(&db)).unwrap();
+        let written = cut.finish(&legacy_events(&db)).unwrap();
         assert_eq!(written.events, 50);
         assert_eq!(written.jobs, 1);
         let bytes = std::fs::read(&path).unwrap();
+        // index entries (as schema 4 kept them) are derived data: left out
         let mut index = 0;
         let mut events = Vec::new();
         let read_back = read(&bytes[..], |item| {
             if let Item::Pair(k, _) = item {
                 if k[0] == keys::INDEX {
                     index += 1;
-                    assert!(keys::index_seq(&k).unwrap() <= 50);
                 }
                 if let Some(seq) = keys::event_seq(&k) {
                     events.push(seq);
@@ -802,7 +788,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(index, 50);
+        assert_eq!(index, 0);
         assert_eq!(events, (1..=50).collect::<Vec<_>>());
         assert_eq!(
             read_back.trees, written.trees,

@@ -3,7 +3,8 @@
 //!
 //! - `e` seq(8, BE)              -> encoded event record
 //! - `i` topic 0x00 first(8, BE) -> empty or last(8, BE): a run of the topic's seqs
-//!   (the per-topic index, ordered by seq; see `index`)
+//!   (the per-topic index of schema 4 and before; now kept in memory, see `index`, and
+//!   removed from sled at open)
 //! - `t` topic                   -> topic metadata
 //! - `m` name                    -> database metadata (schema, epoch, next_seq, ...)
 
@@ -23,6 +24,7 @@ pub fn event_seq(key: &[u8]) -> Option<u64> {
     (key.len() == 9 && key[0] == EVENT).then(|| be_u64(&key[1..]))
 }
 
+#[cfg(test)]
 pub fn index(topic: &str, seq: u64) -> Vec<u8> {
     let mut k = index_prefix(topic);
     k.extend_from_slice(&seq.to_be_bytes());
@@ -30,6 +32,7 @@ pub fn index(topic: &str, seq: u64) -> Vec<u8> {
 }
 
 /// `i` topic 0x00: every index entry of exactly this topic starts with it.
+#[cfg(test)]
 pub fn index_prefix(topic: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(topic.len() + 10);
     k.push(INDEX);
@@ -38,6 +41,7 @@ pub fn index_prefix(topic: &str) -> Vec<u8> {
     k
 }
 
+#[cfg(test)]
 pub fn index_seq(key: &[u8]) -> Option<u64> {
     (key.len() >= 10).then(|| be_u64(&key[key.len() - 8..]))
 }

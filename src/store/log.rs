@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use super::index;
+use super::index::{IndexBuilder, TopicIndex};
 use super::job_ops::{JobOp, JobReply};
 use super::jobs::{self, JobRecord, QueueCounts};
 use super::meta::{self, TopicMeta};
@@ -69,6 +69,8 @@ pub(super) struct Shared {
     pub tree: sled::Tree,
     /// The events, in segment files.
     pub segments: Arc<Segments>,
+    /// Which seqs each topic has (in memory, built at open).
+    pub index: TopicIndex,
     /// What retention removed: readers leave it out.
     pub trimmed: RwLock<Trimmed>,
     /// Free space on the data disk against `storage.flood_free_disk_bytes`.
@@ -186,11 +188,21 @@ impl EventLog {
         migrate::upgrade(&db, &tree)?;
         let epoch = meta::get_u64(&tree, meta::EPOCH)?.unwrap_or(0) as u32;
         let next_seq = meta::next_seq(&tree)?;
-        let segments = Segments::open(path, stored::segment_bytes(config), next_seq, true)?;
-        stored::absorb_sled_events(&db, &tree, &segments, next_seq)?;
+        let trimmed = Trimmed::load(&tree)?;
+        // Opening reads every record to check it: the index is built on the way.
+        let mut index = IndexBuilder::default();
+        let segments = Segments::open_reading(
+            path,
+            stored::segment_bytes(config),
+            next_seq,
+            true,
+            &mut |seq, rec| stored::index_record(&mut index, &trimmed, seq, rec),
+        )?;
+        stored::absorb_sled_events(&db, &tree, &segments, next_seq, &mut index, &trimmed)?;
+        stored::drop_sled_index(&db, &tree)?;
+        let index = index.build();
         let restore_gaps = meta::restore_gaps(&tree)?;
         let max_trimmed = meta::get_u64(&tree, meta::MAX_TRIMMED)?.unwrap_or(0);
-        let trimmed = Trimmed::load(&tree)?;
         let recent = load_recent(
             &segments,
             &trimmed,
@@ -207,6 +219,7 @@ impl EventLog {
             data_file,
             tree,
             segments: Arc::new(segments),
+            index,
             trimmed: RwLock::new(trimmed),
             space: super::space::FreeSpace::new(path, config.flood_free_disk_bytes),
             epoch,
@@ -261,6 +274,11 @@ impl EventLog {
         self.shared.segments.count()
     }
 
+    /// Events in the in-memory per-topic index.
+    pub fn index_entries(&self) -> u64 {
+        self.shared.index.total()
+    }
+
     /// Bytes of the database: event segments and sled's files.
     pub fn size_on_disk(&self) -> u64 {
         self.shared.segments.bytes() + self.shared.db.size_on_disk().unwrap_or(0)
@@ -296,12 +314,11 @@ impl EventLog {
         let shared = self.shared.clone();
         let plan = blocking(move || super::retention::plan(&shared, &policy, now_ms)).await?;
         let mut report = plan.report;
-        let topics = plan.topic_marks();
         if !plan.is_empty() {
             self.send(|reply| WriteCmd::Trim { plan, reply }).await?;
         }
         let shared = self.shared.clone();
-        report.freed_bytes = blocking(move || super::retention::reclaim(&shared, &topics)).await?;
+        report.freed_bytes = blocking(move || super::retention::reclaim(&shared)).await?;
         self.shared
             .metrics
             .retention_deleted
@@ -341,7 +358,7 @@ impl EventLog {
                 segments: shared.segments.clone(),
                 trimmed: shared.trimmed().clone(),
             };
-            cut.finish(&shared.db, &events)
+            cut.finish(&events)
         })
         .await;
         drop(hold);
@@ -601,7 +618,7 @@ impl EventLog {
             // an index run may outlive some of its events for a moment (retention):
             // read on until `limit` events are found or the index ends
             while out.len() < limit {
-                let seqs = index::seqs_before(&shared.tree, &topic, below, limit - out.len())?;
+                let seqs = shared.index.seqs_before(&topic, below, limit - out.len());
                 let Some(&oldest) = seqs.last() else { break };
                 // newest first, as the index gave them
                 out.extend(shared.events_at(&seqs)?.into_iter().rev());
@@ -752,7 +769,7 @@ fn read_by_index(
     for t in topics {
         // the index may still list what retention removed: start past it
         let from = after.max(shared.trimmed().through(t));
-        seqs.extend(index::seqs_after(&shared.tree, t, from, upto, limit)?);
+        seqs.extend(shared.index.seqs_after(t, from, upto, limit));
     }
     seqs.sort_unstable();
     seqs.dedup();

@@ -1,6 +1,6 @@
 //! Durable storage: the event log's events in segment files (`segment.rs`,
-//! `segments.rs`), everything else (per-topic index, topic metadata, job queues, markers)
-//! in one sled tree.
+//! `segments.rs`), everything else (topic metadata, job queues, markers) in one sled
+//! tree; the per-topic index is in memory, built from the segments at open (`index.rs`).
 
 pub mod backup;
 mod index;
@@ -34,7 +34,7 @@ pub fn sync_sled_file(db_dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Schema version this build writes; a database with a newer one is refused, an older
 /// one is migrated at open (`migrate.rs`).
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

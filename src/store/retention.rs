@@ -5,11 +5,10 @@
 //!    budget (a prefix of the log, up to a new `swept` mark), and each topic's oldest
 //!    events beyond its count (through the per-topic index).
 //! 2. `TrimPlan::apply` (on the writer) records it: per topic, `count` falls and
-//!    `trimmed_through` rises; one small batch and a flush. From then on readers leave
+//!    `trimmed_through` rises; one small batch and a flush; the in-memory index is cut. From then on readers leave
 //!    those events out, and a client resuming from before them is told `reset: true`.
 //! 3. `reclaim` (off the writer) frees the space: segment files with nothing alive are
-//!    unlinked whole, a file less than half alive is rewritten with what is, and index
-//!    entries of removed events are deleted.
+//!    unlinked whole, and a file less than half alive is rewritten with what is.
 //!
 //! The disk budget counts what is really on disk (segments and sled's files) and is met
 //! by dropping the fewest oldest segments that bring the total under it; when even all
@@ -21,7 +20,6 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use super::index;
 use super::log::Shared;
 use super::meta::{self, TopicMeta};
 use super::record::decode_head;
@@ -92,14 +90,6 @@ impl TrimPlan {
         self.topics.is_empty()
     }
 
-    /// The topics and how far they are trimmed, for `reclaim`'s index cleanup.
-    pub fn topic_marks(&self) -> Vec<(String, u64)> {
-        self.topics
-            .iter()
-            .map(|(t, trim)| (t.clone(), trim.through))
-            .collect()
-    }
-
     /// One event of `topic` goes, unless it is already gone.
     fn remove(&mut self, topic: &str, seq: u64, already: u64) -> bool {
         let t = self.topics.entry(topic.to_string()).or_default();
@@ -133,6 +123,7 @@ impl TrimPlan {
         {
             let mut trimmed = shared.trimmed.write().unwrap_or_else(|p| p.into_inner());
             for (topic, through) in marks {
+                shared.index.trim_through(&topic, through);
                 trimmed.topics.insert(topic, through);
             }
             trimmed.swept = swept;
@@ -306,7 +297,9 @@ fn count_excess(
             continue;
         }
         let from = trimmed.through(&topic).max(already.through);
-        let seqs = index::seqs_after(&shared.tree, &topic, from, head, excess.min(room))?;
+        let seqs = shared
+            .index
+            .seqs_after(&topic, from, head, excess.min(room));
         room -= seqs.len();
         let through = trimmed.through(&topic);
         for s in &seqs {
@@ -327,18 +320,12 @@ fn count_excess(
     Ok(())
 }
 
-/// Frees what applied plans removed: index entries of `topics`, segment files with
-/// nothing alive (unlinked), and at most one file less than half alive (rewritten).
+/// Frees what applied plans removed: segment files with nothing alive (unlinked), and
+/// at most one file less than half alive (rewritten).
 /// Returns the bytes of segment files freed.
-pub(super) fn reclaim(shared: &Shared, topics: &[(String, u64)]) -> Result<u64, StoreError> {
+pub(super) fn reclaim(shared: &Shared) -> Result<u64, StoreError> {
     if shared.retention_hold.load(Ordering::Acquire) > 0 {
         return Ok(0);
-    }
-    for (topic, through) in topics {
-        // The writer only adds runs above the head, never edits these: no race.
-        let mut batch = sled::Batch::default();
-        index::trim_through(&shared.tree, &mut batch, topic, *through)?;
-        shared.tree.apply_batch(batch)?;
     }
     let trimmed = shared.trimmed().clone();
     let mut freed = 0u64;

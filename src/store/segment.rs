@@ -3,7 +3,8 @@
 //! Events live in files of bounded size (`db/events/<first seq>.seg`) instead of sled:
 //! retention then frees disk by unlinking whole files (as Kafka drops log segments and
 //! JetStream drops message blocks), so the space on disk follows what is kept. sled keeps
-//! only what is small and changes: the per-topic index, topic metadata, jobs, markers.
+//! only what is small and changes: topic metadata, jobs, markers (the per-topic index is
+//! built in memory when the log is opened, see `index.rs`).
 //!
 //! Layout: the magic `SPSEG01\n`, then records of
 //! `len u32 LE | crc32 u32 LE (of seq and payload) | seq u64 LE | payload (len bytes)`,
@@ -231,11 +232,23 @@ impl Segment {
 
     /// Opens an existing segment, keeping the valid records with seq below `below`;
     /// with `repair`, whatever follows them is cut from the file.
+    #[cfg(test)]
     pub fn open(
         path: &Path,
         name_seq: u64,
         below: u64,
         repair: bool,
+    ) -> io::Result<(Segment, Opened)> {
+        Segment::open_reading(path, name_seq, below, repair, &mut |_, _| {})
+    }
+
+    /// `open`, calling `each` with every valid record (seq and payload) it reads.
+    pub fn open_reading(
+        path: &Path,
+        name_seq: u64,
+        below: u64,
+        repair: bool,
+        each: &mut dyn FnMut(u64, &[u8]),
     ) -> io::Result<(Segment, Opened)> {
         let file = OpenOptions::new().read(true).write(repair).open(path)?;
         let file_len = file.metadata()?.len();
@@ -262,7 +275,8 @@ impl Segment {
                             && seq < below
                             && state.first_seq.is_none_or(|_| seq > state.last_seq) =>
                     {
-                        state.note(seq, offset, &payload)
+                        state.note(seq, offset, &payload);
+                        each(seq, &payload);
                     }
                     _ => break,
                 }

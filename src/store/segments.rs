@@ -40,6 +40,18 @@ impl Segments {
         next_seq: u64,
         repair: bool,
     ) -> io::Result<Segments> {
+        Segments::open_reading(db_dir, segment_bytes, next_seq, repair, &mut |_, _| {})
+    }
+
+    /// `open`, calling `each` with every record kept (seq and payload), in seq order:
+    /// opening reads them all anyway, to check them.
+    pub fn open_reading(
+        db_dir: &Path,
+        segment_bytes: u64,
+        next_seq: u64,
+        repair: bool,
+        each: &mut dyn FnMut(u64, &[u8]),
+    ) -> io::Result<Segments> {
         let dir = db_dir.join(DIR);
         if repair {
             std::fs::create_dir_all(&dir)?;
@@ -70,7 +82,7 @@ impl Segments {
                 }
                 continue;
             }
-            let (seg, opened) = Segment::open(&path, name_seq, below, repair)?;
+            let (seg, opened) = Segment::open_reading(&path, name_seq, below, repair, each)?;
             cut += opened.cut_bytes;
             list.push(Arc::new(seg));
         }

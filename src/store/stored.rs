@@ -5,12 +5,14 @@
 //! reader leaves those events out (`Trimmed::alive`). Files are freed afterwards, whole
 //! (`retention::reclaim`). Databases of schema 3 and before kept events in sled under
 //! `e` keys, and backups still carry them so: `absorb_sled_events` moves them into the
-//! segments when the database is opened.
+//! segments when the database is opened. Opening also builds the in-memory per-topic
+//! index (`index_record`) and drops the one schema 4 kept in sled (`drop_sled_index`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::backup::{EachEvent, EventSource};
+use super::index::IndexBuilder;
 use super::meta::{self, TopicMeta};
 use super::record::decode_head;
 use super::segments::Segments;
@@ -85,6 +87,8 @@ pub fn absorb_sled_events(
     tree: &sled::Tree,
     segments: &Segments,
     next_seq: u64,
+    index: &mut IndexBuilder,
+    trimmed: &Trimmed,
 ) -> Result<u64, StoreError> {
     if tree.scan_prefix([keys::EVENT]).next().is_none() {
         return Ok(0);
@@ -102,6 +106,7 @@ pub fn absorb_sled_events(
             continue;
         }
         chunk_bytes += v.len();
+        index_record(index, trimmed, seq, &v);
         chunk.push((seq, v.to_vec()));
         if chunk_bytes >= 4 << 20 {
             moved += chunk.len() as u64;
@@ -132,6 +137,43 @@ pub fn absorb_sled_events(
         "moved the events from the database into segment files"
     );
     Ok(moved)
+}
+
+/// Adds a stored record to the index being built, unless retention removed it.
+pub fn index_record(index: &mut IndexBuilder, trimmed: &Trimmed, seq: u64, record: &[u8]) {
+    if let Ok(h) = decode_head(record) {
+        if trimmed.alive(seq, h.topic) {
+            index.push(h.topic, seq);
+        }
+    }
+}
+
+/// Removes the per-topic index that schema 4 and before kept in sled (`i` keys; a
+/// database not yet opened by this build, or one just restored from an older backup):
+/// the index is built from the segments now. In chunks; safe to cut at any point.
+pub fn drop_sled_index(db: &sled::Db, tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut removed = 0u64;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for k in tree.scan_prefix([keys::INDEX]).keys().take(10_000) {
+            batch.remove(k?);
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        tree.apply_batch(batch)?;
+        removed += n;
+    }
+    if removed > 0 {
+        db.flush()?;
+        tracing::info!(
+            entries = removed,
+            "removed the per-topic index from the database (it is kept in memory now)"
+        );
+    }
+    Ok(())
 }
 
 /// The live events a backup copies: any left under sled `e` keys (a database not yet

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::index::RunsBuilder;
 use super::job_ops::{JobOp, JobReply};
 use super::log::{NewEvent, Shared};
 use super::meta::{self, TopicMeta};
@@ -189,8 +188,8 @@ pub(super) struct EventBatch {
     pub batch: sled::Batch,
     pub metas: HashMap<Topic, TopicMeta>,
     pub records: Vec<(u64, Vec<u8>)>,
-    /// The per-topic index entries of the staged events.
-    pub runs: RunsBuilder,
+    /// The staged events' topics and seqs, for the in-memory index.
+    pub indexed: Vec<(Topic, u64)>,
 }
 
 impl Commit {
@@ -317,7 +316,7 @@ impl Writer {
         };
         let json = event_json(id, topic.as_str(), kind, data_json, time_ms);
         let rec = encode_record(time_ms, topic.as_str(), kind, &json);
-        eb.runs.push(topic, seq);
+        eb.indexed.push((topic.clone(), seq));
         let m = eb.metas.entry(topic.clone()).or_insert_with(|| {
             TopicMeta::load(&self.shared.tree, topic.as_str()).unwrap_or_default()
         });
@@ -328,9 +327,8 @@ impl Writer {
         id
     }
 
-    /// Writes the staged index runs, topic metadata and the seq counter into `batch`.
+    /// Writes the staged topic metadata and the seq counter into `batch`.
     pub(super) fn seal(&self, eb: &mut EventBatch) {
-        eb.runs.write_into(&mut eb.batch);
         for (topic, m) in &eb.metas {
             eb.batch.insert(keys::topic(topic.as_str()), &m.encode());
         }
@@ -338,9 +336,10 @@ impl Writer {
             .insert(keys::meta(meta::NEXT_SEQ), &self.next_seq.to_be_bytes());
     }
 
-    /// Appends the batch's events to the segments, then applies the batch (index, topic
+    /// Appends the batch's events to the segments, then applies the batch (topic
     /// metadata, next seq: what makes them part of the log); a failed batch takes the
-    /// events back. They become part of the commit.
+    /// events back. Then they are indexed (above the head, so no reader sees them
+    /// before they are durable) and become part of the commit.
     pub(super) fn apply(&self, eb: EventBatch, commit: &mut Commit) -> Result<(), StoreError> {
         let mark = self.shared.segments.append(&eb.records)?;
         if let Err(e) = self.shared.tree.apply_batch(eb.batch) {
@@ -349,6 +348,9 @@ impl Writer {
             }
             return Err(e.into());
         }
+        self.shared
+            .index
+            .extend(eb.indexed.iter().map(|(t, s)| (t.as_str(), *s)));
         commit.records.extend(eb.records);
         commit.topics.extend(eb.metas);
         Ok(())
