@@ -4,6 +4,12 @@
 #   bash bench/peers.sh                       # 3 rounds, 1000/5000/9000 subscribers
 #   ROUNDS=5 SUBS=1000,5000 IDLE=5000 bash bench/peers.sh
 #   SKIP_INSTALL=1 SKIP_BUILD=1 bash bench/peers.sh
+#   PIN=0 bash bench/peers.sh                 # unpinned: whoever gets the cores
+#
+# On equal terms (PIN=1, the default): every server (Nchan, the origin and Pushpin, and
+# each surepush the bench starts) runs on SERVER_CPUS (default: CPU 0), the load generator
+# on DRIVER_CPUS (default: the other CPUs), so no server competes with the driver or wins
+# cores another server would not get.
 #
 # Installs Nchan (nginx-light + libnginx-mod-nchan) and Pushpin (with zurl, message_rate
 # raised, a static nginx origin), all on 127.0.0.1 only, from the configs in bench/ written
@@ -24,6 +30,23 @@ ORIGIN_PORT=${ORIGIN_PORT:-18082}
 PUSHPIN_PORT=${PUSHPIN_PORT:-17999}
 PUSHPIN_PUB_PORT=${PUSHPIN_PUB_PORT:-15561}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
+PIN=${PIN:-1}
+SERVER_CPUS=${SERVER_CPUS:-0}
+DRIVER_CPUS=${DRIVER_CPUS:-1-$(($(nproc) - 1))}
+if [ "$PIN" = 1 ] && [ "$(nproc)" -lt 2 ]; then
+    echo "PIN=1 needs at least 2 CPUs; run with PIN=0" >&2
+    exit 1
+fi
+# runs a server on SERVER_CPUS, the load generator on DRIVER_CPUS (PIN=1)
+on_server_cpus() { if [ "$PIN" = 1 ]; then taskset -c "$SERVER_CPUS" "$@"; else "$@"; fi; }
+on_driver_cpus() { if [ "$PIN" = 1 ]; then taskset -c "$DRIVER_CPUS" "$@"; else "$@"; fi; }
+if [ "$PIN" = 1 ]; then
+    export SUREPUSH_BENCH_SERVER_CPUS="$SERVER_CPUS"
+    NOTE="${NOTE:+$NOTE; }pinned: servers on CPU $SERVER_CPUS, load generator on CPU $DRIVER_CPUS"
+else
+    unset SUREPUSH_BENCH_SERVER_CPUS
+    NOTE="${NOTE:+$NOTE; }unpinned"
+fi
 
 need_install=0
 command -v nginx >/dev/null || need_install=1
@@ -74,12 +97,12 @@ render bench/pushpin.conf.in "$WORK/pushpin.conf"
 render bench/pushpin-routes.in "$WORK/pushpin-routes"
 
 ulimit -n 20000 2>/dev/null || true
-nginx -c "$WORK/nchan.conf" -p "$WORK/" >"$WORK/nchan.out" 2>&1 &
+on_server_cpus nginx -c "$WORK/nchan.conf" -p "$WORK/" >"$WORK/nchan.out" 2>&1 &
 NCHAN_PID=$!
 PIDS+=("$NCHAN_PID")
-nginx -c "$WORK/origin.conf" -p "$WORK/" >"$WORK/origin.out" 2>&1 &
+on_server_cpus nginx -c "$WORK/origin.conf" -p "$WORK/" >"$WORK/origin.out" 2>&1 &
 PIDS+=("$!")
-pushpin --config "$WORK/pushpin.conf" >"$WORK/pushpin.out" 2>&1 &
+on_server_cpus pushpin --config "$WORK/pushpin.conf" >"$WORK/pushpin.out" 2>&1 &
 PUSHPIN_PID=$!
 PIDS+=("$PUSHPIN_PID")
 
@@ -100,9 +123,9 @@ wait_port "$PUSHPIN_PORT"
 wait_port "$PUSHPIN_PUB_PORT"
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, kernel $(uname -r)"
-echo "nchan $(nginx -v 2>&1 | sed 's/.*version: //') (1 worker), pushpin $(pushpin --version 2>/dev/null | head -1), surepush workers = $(nproc)"
+echo "nchan $(nginx -v 2>&1 | sed 's/.*version: //') (1 worker), pushpin $(pushpin --version 2>/dev/null | head -1), surepush workers = the CPUs it may use; ${NOTE}"
 
-"$BIN/surepush-bench" compare \
+on_driver_cpus "$BIN/surepush-bench" compare \
     --bin "$BIN/surepush" \
     --out "$OUT" \
     --rounds "$ROUNDS" \

@@ -113,8 +113,10 @@ impl Default for JobsConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
-    /// Origins whose pages may call the push and publish endpoints, e.g.
-    /// ["https://app.example.com"]; "*" allows any origin.
+    /// Origins whose pages may call the push and publish endpoints with the caller's
+    /// cookie, e.g. ["https://app.example.com"]. "*" lets any other page read what needs
+    /// no credentials (public topics, or a token it sends itself in `Authorization`),
+    /// never with cookies; "null" (sandboxed frames, file://) is never credentialed.
     pub allowed_origins: Vec<String>,
     /// How long browsers may cache a preflight answer.
     pub max_age_secs: u64,
@@ -129,9 +131,29 @@ impl Default for CorsConfig {
     }
 }
 
+/// What CORS grants a page of some origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CorsGrant {
+    /// Listed by name: the page may call with the caller's cookie.
+    Credentialed,
+    /// Only through "*": the page may read answers, without credentials.
+    Anonymous,
+}
+
 impl CorsConfig {
-    pub fn allows(&self, origin: &str) -> bool {
-        self.allowed_origins.iter().any(|o| o == "*" || o == origin)
+    /// Listed by name ("null" never is): cookies may come along.
+    pub fn lists(&self, origin: &str) -> bool {
+        origin != "null" && self.allowed_origins.iter().any(|o| o == origin)
+    }
+
+    pub fn grant(&self, origin: &str) -> Option<CorsGrant> {
+        if self.lists(origin) {
+            Some(CorsGrant::Credentialed)
+        } else if self.allowed_origins.iter().any(|o| o == "*") {
+            Some(CorsGrant::Anonymous)
+        } else {
+            None
+        }
     }
 }
 
@@ -170,13 +192,28 @@ impl Default for AuthConfig {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain; empty = `<data_dir>/tls/cert.pem`, self-signed on first run.
     pub cert_file: Option<PathBuf>,
     /// PEM private key; empty = `<data_dir>/tls/key.pem`.
     pub key_file: Option<PathBuf>,
+    /// `Strict-Transport-Security: max-age` sent over TLS; 0 sends none. Browsers keep
+    /// it only from a certificate they trust (not after clicking through a warning for
+    /// the self-signed one).
+    pub hsts_max_age_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            // 180 days
+            hsts_max_age_secs: 15_552_000,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -261,12 +298,19 @@ pub struct LimitsConfig {
     /// address share it: size it for the largest site.
     pub max_connections_per_ip: u32,
     /// Open connections in total; beyond it the server stops accepting until some close.
+    /// Both limits also cap open SSE streams and long polls, whatever the HTTP version.
     pub max_connections: usize,
+    /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub h2_max_streams_per_connection: u32,
     /// Events a second each token subject may publish (0 = no limit), and the burst.
     pub publish_rate_per_sec: u64,
     pub publish_burst: u64,
     /// A client must send its request head within this time (slowloris).
     pub header_timeout_ms: u64,
+    /// A request body must arrive within this time in all (1 MiB at 256 kbit/s: ~33 s),
+    pub body_timeout_ms: u64,
+    /// and with no pause longer than this; else 408 and the connection is closed.
+    pub body_idle_timeout_ms: u64,
     pub tls_handshake_timeout_ms: u64,
     /// TLS handshakes in progress per worker thread. Silent connections hold a slot until
     /// the handshake timeout: keep this high so they cannot crowd out real clients.
@@ -342,9 +386,12 @@ impl Default for LimitsConfig {
             max_batch_len: 1000,
             max_connections_per_ip: 1000,
             max_connections: 25_000,
+            h2_max_streams_per_connection: 100,
             publish_rate_per_sec: 10_000,
             publish_burst: 20_000,
             header_timeout_ms: 5000,
+            body_timeout_ms: 60_000,
+            body_idle_timeout_ms: 10_000,
             tls_handshake_timeout_ms: 3000,
             max_pending_handshakes: 4096,
             keep_alive_secs: 30,
@@ -471,6 +518,14 @@ impl Config {
         }
         if self.limits.header_timeout_ms == 0 || self.limits.max_connections == 0 {
             return bad("limits.header_timeout_ms and limits.max_connections must be at least 1");
+        }
+        if self.limits.h2_max_streams_per_connection == 0 {
+            return bad("limits.h2_max_streams_per_connection must be at least 1");
+        }
+        if self.limits.body_timeout_ms == 0 || self.limits.body_idle_timeout_ms == 0 {
+            return bad(
+                "limits.body_timeout_ms and limits.body_idle_timeout_ms must be at least 1",
+            );
         }
         let j = &self.jobs;
         if j.default_max_attempts == 0

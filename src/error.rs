@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The request conflicts with the resource's state (409).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// The request body did not arrive in time (408; the connection is closed).
+    #[error("{message}")]
+    BodyTimeout { message: String },
     #[error("no such resource: {0}")]
     NotFound(String),
     #[error("method {0} is not allowed here")]
@@ -80,6 +83,14 @@ impl ApiError {
         }
     }
 
+    /// JSON that the server's own clients could not read (`json_check`), in `what`.
+    pub fn unreadable_json(e: crate::json_check::Unreadable, what: &str) -> Self {
+        ApiError::Unprocessable {
+            code: e.code(),
+            message: format!("{what} is refused: {e}"),
+        }
+    }
+
     pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::TooLarge {
             code,
@@ -98,9 +109,20 @@ impl ApiError {
             | ApiError::Conflict { code, .. }
             | ApiError::Unavailable { code, .. } => code,
             ApiError::InsufficientStorage { .. } => "disk_full",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<crate::subscribers::OverCap> for ApiError {
+    fn from(e: crate::subscribers::OverCap) -> Self {
+        ApiError::TooMany {
+            code: "too_many_connections",
+            message: format!("{e}; retry later"),
+            retry_after_secs: 5,
         }
     }
 }
@@ -203,6 +225,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -228,6 +251,10 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized { .. } => {
                 resp.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"surepush\""));
+            }
+            ApiError::BodyTimeout { .. } => {
+                // the rest of the body may still come: this connection is done
+                resp.insert_header((header::CONNECTION, "close"));
             }
             _ => {}
         }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod hub;
+pub mod json_check;
 pub mod limits;
 pub mod metrics;
 pub mod model;

@@ -91,6 +91,17 @@ pub struct AppState {
     pub admin: Arc<Admin>,
 }
 
+impl AppState {
+    /// Open subscriptions allowed per client address and in all: the connection limits,
+    /// applied to streams and long polls whatever the HTTP version.
+    pub fn subscription_caps(&self) -> crate::subscribers::Caps {
+        crate::subscribers::Caps {
+            per_ip: self.config.limits.max_connections_per_ip,
+            total: self.config.limits.max_connections,
+        }
+    }
+}
+
 /// Per-connection facts captured when the connection is accepted.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnInfo {
@@ -290,6 +301,8 @@ fn build_http_server(
     let conns = data.conns.clone();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let limits = &config.limits;
+    // one HTTP/2 connection cannot open streams without bound (vendor/actix-http patch)
+    actix_http::h2::set_max_concurrent_streams(limits.h2_max_streams_per_connection);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())

@@ -1,9 +1,14 @@
 //! Who is subscribed right now: one entry per open SSE stream or waiting long poll, for
 //! the admin UI's connections page, with a way to end one. Entries are removed when the
 //! request ends (the guard drops).
+//!
+//! The registry is also where open subscriptions are capped, per client address and in
+//! all (`limits.max_connections_per_ip`, `limits.max_connections`): the connection limits
+//! count TCP connections, and one HTTP/2 connection carries many streams (seen: 2 000
+//! `/v1/stream` streams on one connection with a cap of 10 per address).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -37,7 +42,29 @@ impl Entry {
 #[derive(Default)]
 pub struct Registry {
     next_id: AtomicU64,
-    entries: Mutex<HashMap<u64, Arc<Entry>>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<u64, Arc<Entry>>,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+/// How many subscriptions may be open (0: no cap).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caps {
+    pub per_ip: u32,
+    pub total: usize,
+}
+
+/// A subscription refused by a cap.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OverCap {
+    #[error("{0} subscriptions are open from your address, the most allowed (limits.max_connections_per_ip)")]
+    PerIp(u32),
+    #[error("{0} subscriptions are open, the most this server allows (limits.max_connections)")]
+    Total(usize),
 }
 
 /// A registered subscriber; dropping it unregisters.
@@ -65,7 +92,16 @@ impl SubscriberGuard {
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.entry.id);
+        let mut inner = self.registry.lock();
+        inner.entries.remove(&self.entry.id);
+        if let Some(ip) = self.entry.info.peer.map(|p| p.ip()) {
+            if let Some(n) = inner.per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    inner.per_ip.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -74,11 +110,28 @@ impl Registry {
         Arc::new(Registry::default())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Entry>>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(self: &Arc<Self>, info: SubscriberInfo) -> SubscriberGuard {
+    /// Registers a subscription, unless one of the caps is reached.
+    pub fn register(
+        self: &Arc<Self>,
+        info: SubscriberInfo,
+        caps: Caps,
+    ) -> Result<SubscriberGuard, OverCap> {
+        let ip = info.peer.map(|p| p.ip());
+        let mut inner = self.lock();
+        if caps.total > 0 && inner.entries.len() >= caps.total {
+            return Err(OverCap::Total(inner.entries.len()));
+        }
+        if let Some(ip) = ip {
+            let n = inner.per_ip.get(&ip).copied().unwrap_or(0);
+            if caps.per_ip > 0 && n >= caps.per_ip {
+                return Err(OverCap::PerIp(n));
+            }
+            inner.per_ip.insert(ip, n + 1);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(Entry {
             id,
@@ -86,15 +139,16 @@ impl Registry {
             delivered: AtomicU64::new(0),
             kick: Notify::new(),
         });
-        self.lock().insert(id, entry.clone());
-        SubscriberGuard {
+        inner.entries.insert(id, entry.clone());
+        drop(inner);
+        Ok(SubscriberGuard {
             registry: self.clone(),
             entry,
-        }
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -103,10 +157,10 @@ impl Registry {
 
     /// Up to `limit` subscribers, oldest first, and how many there are in all.
     pub fn list(&self, limit: usize) -> (Vec<Arc<Entry>>, usize) {
-        let map = self.lock();
-        let total = map.len();
-        let mut all: Vec<Arc<Entry>> = map.values().cloned().collect();
-        drop(map);
+        let inner = self.lock();
+        let total = inner.entries.len();
+        let mut all: Vec<Arc<Entry>> = inner.entries.values().cloned().collect();
+        drop(inner);
         all.sort_by_key(|e| e.id);
         all.truncate(limit);
         (all, total)
@@ -115,6 +169,7 @@ impl Registry {
     /// How many subscribers follow a topic given exactly (as the dashboard does).
     pub fn watchers(&self, topic: &str) -> usize {
         self.lock()
+            .entries
             .values()
             .filter(|e| e.info.topics.iter().any(|t| t == topic))
             .count()
@@ -127,7 +182,7 @@ impl Registry {
     /// Ends one subscriber's request. Its client reconnects as it would after any
     /// network cut, resuming from its last id; nothing is lost.
     pub fn disconnect(&self, id: u64) -> bool {
-        match self.lock().get(&id) {
+        match self.lock().entries.get(&id) {
             Some(e) => {
                 e.kick.notify_one();
                 true
@@ -142,8 +197,12 @@ mod tests {
     use super::*;
 
     fn info(topic: &str) -> SubscriberInfo {
+        from(topic, None)
+    }
+
+    fn from(topic: &str, peer: Option<&str>) -> SubscriberInfo {
         SubscriberInfo {
-            peer: None,
+            peer: peer.map(|p| p.parse().unwrap()),
             subject: Some("u1".into()),
             transport: "sse_stream",
             http: "1.1",
@@ -156,8 +215,8 @@ mod tests {
     #[tokio::test]
     async fn register_list_kick_and_drop() {
         let r = Registry::new();
-        let a = r.register(info("a"));
-        let b = r.register(info("b"));
+        let a = r.register(info("a"), Caps::default()).unwrap();
+        let b = r.register(info("b"), Caps::default()).unwrap();
         a.delivered(3);
         let (list, total) = r.list(10);
         assert_eq!(total, 2);
@@ -173,5 +232,28 @@ mod tests {
         assert_eq!(r.len(), 1);
         drop(a);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn caps_per_address_and_in_all_free_up_on_drop() {
+        let r = Registry::new();
+        let caps = Caps {
+            per_ip: 2,
+            total: 3,
+        };
+        let a1 = r.register(from("t", Some("10.0.0.1:1")), caps).unwrap();
+        let _a2 = r.register(from("t", Some("10.0.0.1:2")), caps).unwrap();
+        assert_eq!(
+            r.register(from("t", Some("10.0.0.1:3")), caps).err(),
+            Some(OverCap::PerIp(2))
+        );
+        let _b = r.register(from("t", Some("10.0.0.2:1")), caps).unwrap();
+        assert_eq!(
+            r.register(from("t", Some("10.0.0.3:1")), caps).err(),
+            Some(OverCap::Total(3))
+        );
+        drop(a1);
+        let _a3 = r.register(from("t", Some("10.0.0.1:4")), caps).unwrap();
+        assert_eq!(r.lock().per_ip.len(), 2);
     }
 }

@@ -442,3 +442,97 @@ async fn init_with_a_config_prepares_its_data_dir_once() {
     child.sigterm();
     assert!(child.wait_exit(Duration::from_secs(15)).is_some());
 }
+
+/// What a client types reaches the audit log escaped: a newline cannot start a forged
+/// line, an ANSI escape cannot repaint the terminal. A CR/LF in `next=` is not followed
+/// (seen: 500 `failed to parse header value`, with the session cookie already set).
+#[tokio::test]
+async fn login_input_cannot_forge_log_lines_or_break_the_redirect() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    add_user(&data, "ops");
+    let child = ChildServer::spawn(&data, &[]);
+    let c = http();
+    let forged = "nobody\nINFO audit: admin logged in user=root\u{1b}[2J";
+    let r = post_login(&c, &child.base_url, forged, "wrong", "/admin/").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    let r = post_login(
+        &c,
+        &child.base_url,
+        "ops",
+        PASSWORD,
+        "/admin/x\r\nSet-Cookie: evil=1",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], "/admin/");
+    assert!(cookie_of(&r, "surepush_admin").is_some());
+    assert!(cookie_of(&r, "evil").is_none());
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !child.log_text().contains("admin logged in") {
+        assert!(std::time::Instant::now() < deadline, "{}", child.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = child.log_text();
+    let mut failed = 0;
+    for line in log.lines() {
+        assert!(
+            !line.contains('\u{1b}'),
+            "an escape reached the log: {line:?}"
+        );
+        if line.contains("user=root") {
+            assert!(line.contains("login failed"), "a forged line: {line:?}");
+            assert!(line.contains("\\n") && line.contains("\\u{1b}"), "{line:?}");
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 1, "{log}");
+}
+
+/// Admin error pages and `/doctor` may not be framed and carry the admin UI's content
+/// policy; every answer has `nosniff`; HSTS over TLS unless set to 0.
+#[tokio::test]
+async fn pages_and_answers_carry_security_headers() {
+    let server = TestServer::start().await;
+    let c = http();
+    let csrf_refusal = c
+        .post(server.url("/admin/login"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("user=x&password=y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csrf_refusal.status(), StatusCode::FORBIDDEN);
+    let doctor = c.get(server.url("/doctor")).send().await.unwrap();
+    assert_eq!(doctor.status(), 200);
+    for (what, r) in [("admin error page", &csrf_refusal), ("doctor", &doctor)] {
+        let h = r.headers();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with("text/html"),
+            "{what}"
+        );
+        assert_eq!(h["x-frame-options"], "DENY", "{what}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(h["strict-transport-security"], "max-age=15552000", "{what}");
+    }
+    let json = c
+        .get(server.url("/v1/events?topic=a&since=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(
+        json.headers()["strict-transport-security"],
+        "max-age=15552000"
+    );
+
+    let off = TestServer::start_with(|c| c.tls.hsts_max_age_secs = 0).await;
+    let r = c.get(off.url("/healthz")).send().await.unwrap();
+    assert!(r.headers().get("strict-transport-security").is_none());
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+}

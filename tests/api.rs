@@ -77,6 +77,55 @@ async fn batch_is_all_or_nothing() {
     assert_eq!(v["events"].as_array().unwrap().len(), 0);
 }
 
+/// Values the server's own clients cannot parse are refused at the door with a code
+/// naming the problem, and nothing of the batch is kept (seen: accepted, then
+/// `surepush tail` retried the same batch forever and workers got `null`).
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_pill_json_is_refused_with_a_clear_code() {
+    let s = TestServer::start().await;
+    let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let cases: Vec<(String, &str)> = vec![
+        (deep(100_000), "json_too_deep"),
+        (deep(65), "json_too_deep"),
+        (r#""\ud800""#.into(), "json_lone_surrogate"),
+        (r#"{"k":"x\udc00"}"#.into(), "json_lone_surrogate"),
+        ("1e999999".into(), "json_number_out_of_range"),
+        ("[1, -2e400]".into(), "json_number_out_of_range"),
+    ];
+    for (data, code) in &cases {
+        let batch = format!(r#"[{{"topic":"pp","data":1}},{{"topic":"pp","data":{data}}}]"#);
+        let (st, v) = post(&s.url("/v1/publish"), batch).await;
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (422, Some(*code)),
+            "{:.60}: {v}",
+            data
+        );
+        assert!(
+            v["message"].as_str().unwrap().contains("event 1: data"),
+            "{v}"
+        );
+        let job = format!(r#"{{"queue":"pp","payload":{data}}}"#);
+        let (st, v) = post(&s.url("/v1/jobs"), job).await;
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (422, Some(*code)),
+            "{:.60}: {v}",
+            data
+        );
+    }
+    // nothing of a refused batch was kept; what every client reads still passes
+    let (st, v) = get_json(&s.url("/v1/events?topic=pp&since=0")).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["events"].as_array().unwrap().len(), 0, "{v}");
+    let fine = format!(
+        r#"{{"topic":"pp","data":[{},"\ud83d\ude00",1e308]}}"#,
+        deep(60)
+    );
+    let (st, v) = post(&s.url("/v1/publish"), fine).await;
+    assert_eq!(st, 201, "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_clear_json_errors() {
     let s = TestServer::start_with(|c| {
@@ -504,6 +553,39 @@ async fn retention_by_count_resets_clients_that_missed_events() {
         .contains("surepush_retention_deleted_events_total 7"));
 }
 
+/// `fallback=` becomes a metric label: values outside the client's reasons all count as
+/// `other`, so requests cannot add series (seen: 600 requests grew /metrics 5 KB -> 42 KB).
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_fallback_reasons_share_one_metric_series() {
+    let s = TestServer::start().await;
+    let before = s.metrics().await.len();
+    for i in 0..200 {
+        let st = client_h1()
+            .get(s.url(&format!("/v1/poll?topic=m&timeout=0&fallback=junk{i}")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(st, 200);
+    }
+    client_h1()
+        .get(s.url("/v1/poll?topic=m&timeout=0&fallback=no_eventsource"))
+        .send()
+        .await
+        .unwrap();
+    let m = s.metrics().await;
+    assert!(
+        m.contains("surepush_fallbacks_total{reason=\"other\"} 200"),
+        "{m}"
+    );
+    assert!(m.contains("surepush_fallbacks_total{reason=\"no_eventsource\"} 1"));
+    assert!(
+        !m.contains("junk"),
+        "a client-chosen label reached /metrics"
+    );
+    assert!(m.len() < before + 2000, "{} -> {} bytes", before, m.len());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ops_endpoints() {
     let s = TestServer::start().await;
@@ -513,7 +595,7 @@ async fn ops_endpoints() {
     assert_eq!((st, v["status"].as_str()), (200, Some("ready")));
     s.publish("m", json!(1)).await;
     let _r = client_h1()
-        .get(s.url("/v1/stream?topic=m&since=0&fallback=canary_timeout"))
+        .get(s.url("/v1/stream?topic=m&since=0&fallback=sse_canary"))
         .send()
         .await
         .unwrap();
@@ -524,7 +606,7 @@ async fn ops_endpoints() {
         "surepush_events_published_total 1",
         "surepush_connections{transport=\"sse_stream\",http=\"1.1\"} 1",
         "surepush_events_delivered_total{transport=\"sse_stream\"} 1",
-        "surepush_fallbacks_total{reason=\"canary_timeout\"} 1",
+        "surepush_fallbacks_total{reason=\"sse_canary\"} 1",
         "surepush_storage_bytes",
         "surepush_commit_group_events_count",
         "surepush_storage_flush_seconds_count 1",
@@ -550,4 +632,23 @@ async fn plain_http_only_when_asked() {
         .send()
         .await;
     assert!(r.is_err() || r.unwrap().status() != 200);
+}
+
+/// `/demo` shows the address the browser used, never a forwarded host a client made up
+/// (a cache in front would hand the made-up one to everyone).
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_ignores_forwarded_hosts() {
+    let s = TestServer::start().await;
+    let r = client_h1()
+        .get(s.url("/demo"))
+        .header("X-Forwarded-Host", "evil.example")
+        .header("Forwarded", "host=evil2.example;proto=http")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(!page.contains("evil"), "a forwarded host reached the page");
+    let own = s.base_url.trim_start_matches("https://");
+    assert!(page.contains(own), "the page lacks {own}");
 }

@@ -168,6 +168,16 @@ async fn token_sources_header_cookie_query() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // the scheme is case-insensitive (RFC 7235)
+    for scheme in ["bearer", "BEARER"] {
+        let r = c
+            .get(&url)
+            .header("Authorization", format!("{scheme}  {}", t.right))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"surepush\"");
@@ -329,4 +339,151 @@ async fn cors_for_allowed_origins_only() {
         .await
         .unwrap();
     assert!(pre.headers().get("access-control-allow-origin").is_none());
+}
+
+/// `*` grants pages of any origin what needs no credentials: answers carry
+/// `Access-Control-Allow-Origin: *` and never `Allow-Credentials` (seen: any Origin,
+/// `null` too, echoed with credentials, so any site read a cookie holder's events).
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_star_is_anonymous_and_null_is_never_credentialed() {
+    let s = TestServer::start_with(|c| {
+        c.cors.allowed_origins = vec!["*".into(), "https://app.example".into()];
+    })
+    .await;
+    let c = client();
+    for origin in ["https://evil.example", "null"] {
+        let r = c
+            .get(s.url("/v1/events?topic=a"))
+            .header("Origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["access-control-allow-origin"], "*", "{origin}");
+        assert!(
+            r.headers()
+                .get("access-control-allow-credentials")
+                .is_none(),
+            "{origin}"
+        );
+        let pre = c
+            .request(reqwest::Method::OPTIONS, s.url("/v1/publish"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pre.status(), 204);
+        assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+        assert!(pre
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none());
+    }
+    // an origin listed by name keeps its credentials
+    let r = c
+        .get(s.url("/v1/events?topic=a"))
+        .header("Origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+}
+
+/// A write authenticated by the cookie needs a page of this server or of an origin
+/// listed by name (seen: `Content-Type: text/plain`, `Origin: https://evil.example`,
+/// the cookie: 201). Bearer tokens are not sent by browsers on their own: no check.
+#[tokio::test(flavor = "multi_thread")]
+async fn cookie_writes_need_an_allowed_origin() {
+    let s = TestServer::start_with(|c| {
+        c.auth.enabled = true;
+        c.cors.allowed_origins = vec!["*".into(), "https://app.example".into()];
+    })
+    .await;
+    let t = tokens(&s);
+    let c = client();
+    let own = s.base_url.clone();
+    let body = r#"{"topic":"users/42","data":1}"#;
+    let publish = |origin: Option<&str>, referer: Option<&str>, cookie: bool| {
+        let mut r = c
+            .post(s.url("/v1/publish"))
+            .header("Content-Type", "text/plain")
+            .body(body);
+        if let Some(o) = origin {
+            r = r.header("Origin", o);
+        }
+        if let Some(o) = referer {
+            r = r.header("Referer", o);
+        }
+        r = if cookie {
+            r.header("Cookie", format!("surepush_token={}", t.right))
+        } else {
+            r.bearer_auth(&t.right)
+        };
+        r.send()
+    };
+    let own_page = format!("{own}/app/page.html");
+    // (case, Origin, Referer, authenticated by the cookie, expected status)
+    type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, bool, u16);
+    let cases: Vec<Case> = vec![
+        (
+            "evil origin, cookie",
+            Some("https://evil.example"),
+            None,
+            true,
+            403,
+        ),
+        ("null origin, cookie", Some("null"), None, true, 403),
+        ("no origin or referer, cookie", None, None, true, 403),
+        (
+            "evil referer, cookie",
+            None,
+            Some("https://evil.example/x"),
+            true,
+            403,
+        ),
+        (
+            "listed origin, cookie",
+            Some("https://app.example"),
+            None,
+            true,
+            201,
+        ),
+        ("own origin, cookie", Some(own.as_str()), None, true, 201),
+        (
+            "own page as referer (IE11), cookie",
+            None,
+            Some(own_page.as_str()),
+            true,
+            201,
+        ),
+        (
+            "evil origin, bearer",
+            Some("https://evil.example"),
+            None,
+            false,
+            201,
+        ),
+    ];
+    for (name, origin, referer, cookie, want) in cases {
+        let r = publish(origin, referer, cookie).await.unwrap();
+        let got = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(got, want, "{name}: {v}");
+        if want == 403 {
+            assert_eq!(v["error"], "cross_site_write", "{name}: {v}");
+        }
+    }
+    // reads with the cookie are unchanged
+    let r = c
+        .get(s.url("/v1/events?topic=users/42"))
+        .header("Origin", "https://evil.example")
+        .header("Cookie", format!("surepush_token={}", t.right))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

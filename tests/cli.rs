@@ -1100,3 +1100,37 @@ async fn token_minted_by_the_cli_is_honoured_by_the_server() {
     .await;
     assert!(!o.status.success());
 }
+
+/// The files `surepush serve` creates are not readable by other users, whatever umask it
+/// was started with (seen: the database 0644 from a plain `surepush serve`).
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_creates_no_world_readable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = ChildServer::spawn(&data, &[]);
+    let r = client()
+        .post(format!("{}/v1/publish", child.base_url))
+        .json(&serde_json::json!({"topic": "perm", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    child.sigterm();
+    assert!(child
+        .wait_exit(std::time::Duration::from_secs(20))
+        .is_some());
+    let mut checked = 0;
+    let mut stack = vec![data.clone()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o007, 0, "{} is {mode:o}", p.display());
+        checked += 1;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    assert!(checked > 5, "only {checked} paths");
+}

@@ -31,6 +31,8 @@ struct Resp {
     status: u16,
     body: Value,
     location: Option<String>,
+    /// The `Deprecation` header, if any.
+    deprecation: Option<String>,
 }
 
 #[derive(Clone)]
@@ -82,6 +84,10 @@ impl Api {
             .headers()
             .get("location")
             .map(|v| v.to_str().unwrap().to_string());
+        let deprecation = r
+            .headers()
+            .get("deprecation")
+            .map(|v| v.to_str().unwrap().to_string());
         let text = tokio::time::timeout(wait, r.text())
             .await
             .map_err(|_| "body timed out".to_string())?
@@ -101,6 +107,7 @@ impl Api {
             status,
             body,
             location,
+            deprecation,
         })
     }
 
@@ -1604,6 +1611,20 @@ async fn bad_input_gets_clear_errors() {
         )
         .await;
     expect_err(&r, 413, "result_too_large", "2000-byte result");
+    // a result its enqueuer's client could not parse (see json_check)
+    for (result, code) in [
+        (r#""\udbff""#, "json_lone_surrogate"),
+        ("1e999999", "json_number_out_of_range"),
+        ("[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", "json_too_deep"),
+    ] {
+        let r = api
+            .post_raw(
+                &format!("/v1/jobs/{id}/complete"),
+                &format!(r#"{{"worker":"w1","result":{result}}}"#),
+            )
+            .await;
+        expect_err(&r, 422, code, &format!("complete with {result:.20}"));
+    }
     let r = api
         .act(&id, "heartbeat", &json!({"worker": "w1", "lease_secs": 0}))
         .await;
@@ -1936,6 +1957,95 @@ async fn another_enqueuer_of_the_same_queue_cannot_read_my_job() {
         .await;
     let r = base.as_user(&bob).get(&format!("/v1/jobs/{id}")).await;
     expect_err(&r, 403, "forbidden", "bob reads alice's job");
+}
+
+/// An idempotency key is the sender's own (seen: bob's `invoice-77` made alice's enqueue
+/// answer `duplicate: true` with a job she could not read).
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_are_scoped_by_owner() {
+    let s = TestServer::start_with(|c| c.auth.enabled = true).await;
+    let m = minter(&s);
+    let alice = mint(&m, "alice", &["users/alice"], &["reports"], &[]);
+    let bob = mint(&m, "bob", &["users/bob"], &["reports"], &[]);
+    let base = Api::new(&s.base_url);
+    let keyed = |api: &Api, payload: i64| {
+        api.c
+            .post(api.url("/v1/jobs"))
+            .header("Idempotency-Key", "invoice-77")
+            .json(&json!({"queue": "reports", "payload": payload}))
+    };
+    let (a, b) = (base.as_user(&alice), base.as_user(&bob));
+    let by_bob = b.send(keyed(&b, 1), T).await;
+    assert_eq!(
+        (by_bob.status, &by_bob.body["duplicate"]),
+        (202, &json!(false))
+    );
+    let by_alice = a.send(keyed(&a, 2), T).await;
+    assert_eq!(by_alice.status, 202, "{}", by_alice.body);
+    assert_eq!(by_alice.body["duplicate"], false, "{}", by_alice.body);
+    assert_ne!(by_alice.body["job_id"], by_bob.body["job_id"]);
+    let again = a.send(keyed(&a, 3), T).await;
+    assert_eq!(again.body["duplicate"], true);
+    assert_eq!(again.body["job_id"], by_alice.body["job_id"]);
+    // each reads their own job
+    for (api, job) in [(&a, &by_alice), (&b, &by_bob)] {
+        let id = job.body["job_id"].as_str().unwrap();
+        let r = api.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(
+            (r.status, &r.body["job_id"]),
+            (200, &json!(id)),
+            "{}",
+            r.body
+        );
+    }
+}
+
+/// Naming neither `worker` nor `attempt` is accepted only from the token that took the
+/// lease, and marked deprecated (seen: a second worker completed another's lease by
+/// leaving both out).
+#[tokio::test(flavor = "multi_thread")]
+async fn another_token_must_name_the_lease_it_acts_on() {
+    let s = TestServer::start_with(|c| c.auth.enabled = true).await;
+    let m = minter(&s);
+    let alice = mint(&m, "alice", &["users/alice"], &["reports"], &[]);
+    let w1 = mint(&m, "render-1", &[], &[], &["reports"]);
+    let w2 = mint(&m, "render-2", &[], &[], &["reports"]);
+    let base = Api::new(&s.base_url);
+    let (w1, w2) = (base.as_user(&w1), base.as_user(&w2));
+    for action in ["heartbeat", "complete"] {
+        let id = base
+            .as_user(&alice)
+            .enqueue(&json!({"queue": "reports", "payload": 1}))
+            .await;
+        let l = w1.lease("reports", &json!({"worker": "r1"})).await;
+        assert_eq!(l[0]["job_id"], id.as_str());
+        let r = w2.act(&id, action, &json!({})).await;
+        expect_err(
+            &r,
+            409,
+            "lease_conflict",
+            &format!("{action} by another token"),
+        );
+        assert!(
+            r.body["message"].as_str().unwrap().contains("attempt"),
+            "{}",
+            r.body
+        );
+        // the holder's own token, as workers of before did
+        let r = w1.act(&id, action, &json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.deprecation.as_deref(), Some("true"));
+        if action == "heartbeat" {
+            // naming the lease works from any worker token of the queue, undeprecated
+            for act in ["heartbeat", "complete"] {
+                let r = w2
+                    .act(&id, act, &json!({"worker": "r1", "attempt": 1}))
+                    .await;
+                assert_eq!(r.status, 200, "{act}: {}", r.body);
+                assert_eq!(r.deprecation, None);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -429,3 +429,242 @@ async fn total_connection_cap_queues_the_excess_without_failing_it() {
         "more than {cap} were served at once ({t:?})"
     );
 }
+
+/// A TLS connection that trusts any certificate (raw bytes on top, for hostile clients).
+async fn raw_tls(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    init();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CertRecorder::default()))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes (or `wait` passes): what it sent, and when it closed.
+async fn until_closed(
+    conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    started: Instant,
+    wait: Duration,
+) -> (String, Option<Duration>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = started + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&got).into_owned(),
+                    Some(started.elapsed()),
+                )
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), None),
+        }
+    }
+}
+
+/// A body that never arrives no longer holds a connection: no pause over
+/// `body_idle_timeout_ms`, all of it within `body_timeout_ms`, else 408 and closed
+/// (seen: an admin form held for 170 s with no credential; the same with a chunked body
+/// that never ends and with a publish whose Content-Length is never met).
+#[tokio::test(flavor = "multi_thread")]
+async fn request_bodies_must_arrive_in_time() {
+    let s = TestServer::start_with(|c| {
+        c.limits.body_idle_timeout_ms = 1000;
+        c.limits.body_timeout_ms = 3000;
+    })
+    .await;
+    let form = "POST /admin/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nuser=";
+    let publish = "POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"topic\":";
+    for (what, head) in [("admin form", form), ("publish", publish)] {
+        let mut conn = raw_tls(s.addr).await;
+        let started = Instant::now();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let (text, closed) = until_closed(&mut conn, started, Duration::from_secs(10)).await;
+        let t = closed.unwrap_or_else(|| panic!("{what}: still open after 10 s: {text}"));
+        eprintln!("{what}: closed after {t:?}: {:.60}", text);
+        assert!(t < Duration::from_secs(6), "{what}: {t:?}");
+        if what == "publish" {
+            assert!(text.starts_with("HTTP/1.1 408"), "{what}: {text}");
+            assert!(
+                text.contains("\"error\":\"body_timeout\""),
+                "{what}: {text}"
+            );
+        } else {
+            assert!(
+                text.is_empty() || text.starts_with("HTTP/1.1 4"),
+                "{what}: {text}"
+            );
+        }
+    }
+    // a chunked body that trickles (never idle) ends at the total bound
+    let mut conn = raw_tls(s.addr).await;
+    let started = Instant::now();
+    conn.write_all(b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let mut closed = None;
+    let mut text = String::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        if conn.write_all(b"1\r\n \r\n").await.is_err() {
+            break;
+        }
+        let (t, c) = until_closed(&mut conn, Instant::now(), Duration::from_millis(400)).await;
+        text.push_str(&t);
+        if c.is_some() || text.contains("HTTP/1.1 408") {
+            closed = Some(started.elapsed());
+            break;
+        }
+    }
+    let t = closed.unwrap_or_else(|| panic!("a trickling body was never cut: {text}"));
+    assert!(
+        t >= Duration::from_millis(2500) && t < Duration::from_secs(7),
+        "{t:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // and the server goes on serving
+    let r = client().get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// One HTTP/2 connection cannot carry more streams than `h2_max_streams_per_connection`
+/// (announced in SETTINGS), and its streams count against the per-address cap like
+/// connections do (seen: cap 10 per address, one h2 connection opened 2 000 streams).
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_streams_are_bounded_and_counted_per_address() {
+    let s = TestServer::start_with(|c| {
+        c.limits.max_connections_per_ip = 10;
+        c.limits.h2_max_streams_per_connection = 50;
+    })
+    .await;
+    // the bound is announced
+    init();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CertRecorder::default()))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://localhost/healthz")
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert_eq!(send.current_max_send_streams(), 50);
+
+    // 30 streams on it: 10 are served, the rest refused as over the address's cap
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    for _ in 0..30 {
+        send = send.ready().await.unwrap();
+        let req = http::Request::get("https://localhost/v1/stream?topic=h2cap")
+            .body(())
+            .unwrap();
+        let (resp, _) = send.send_request(req, true).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .unwrap()
+            .unwrap();
+        match resp.status().as_u16() {
+            200 => streams.push(resp),
+            429 => refused += 1,
+            other => panic!("stream answered {other}"),
+        }
+    }
+    assert_eq!((streams.len(), refused), (10, 20));
+    // once streams end, new ones are served again
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client_h1()
+            .get(s.url("/v1/events?topic=h2cap&since=0"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        send = send.ready().await.unwrap();
+        let req = http::Request::get("https://localhost/v1/stream?topic=h2cap")
+            .body(())
+            .unwrap();
+        let (resp, _) = send.send_request(req, true).unwrap();
+        if resp.await.unwrap().status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "streams were not released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Requests the HTTP layer cannot parse get the JSON error shape too, not an empty body.
+#[tokio::test(flavor = "multi_thread")]
+async fn unparsable_requests_get_a_json_error() {
+    let s = TestServer::start().await;
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let long_url = format!(
+        "GET /healthz?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "bad Content-Length",
+            b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+        ),
+        (
+            "NUL in a header",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n".to_vec(),
+        ),
+        (
+            "raw 0xFF",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: \xff\xff\r\n\xff\r\n\r\n".to_vec(),
+        ),
+        (
+            "folded header",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  b\r\n\r\n".to_vec(),
+        ),
+        (
+            "too many headers",
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+        ),
+        ("URL over 64 KB", long_url.into_bytes()),
+    ];
+    for (what, raw) in &cases {
+        let mut conn = raw_tls(s.addr).await;
+        conn.write_all(raw).await.unwrap();
+        let started = Instant::now();
+        let (text, closed) = until_closed(&mut conn, started, Duration::from_secs(10)).await;
+        assert!(closed.is_some(), "{what}: left open");
+        let status = text.get(9..12).unwrap_or("");
+        assert!(matches!(status, "400" | "431"), "{what}: {text:.200}");
+        let (_, body) = text.split_once("\r\n\r\n").unwrap_or(("", ""));
+        let v: Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {text:.300}"));
+        assert!(
+            v["error"].is_string() && v["message"].is_string(),
+            "{what}: {v}"
+        );
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{what}"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! Admin sessions (random ids in an HttpOnly cookie, each with its own CSRF token) and the
-//! login throttle that locks a name or an address out after repeated failures. In memory:
-//! a restart logs admins out, which is the safe direction.
+//! login throttle that locks an address out, for one name or for all, after repeated
+//! failures. In memory: a restart logs admins out, which is the safe direction.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -122,8 +122,11 @@ impl SessionStore {
     }
 }
 
-/// Failed logins counted per user name and per client address; after `max_failures`
-/// within `window` the name (or address) is refused until `lockout` has passed.
+/// Failed logins counted per (address, name) pair and per address. After `max_failures`
+/// for one pair, that address may not try that name until `lockout` has passed; after
+/// four times as many from one address (guessing names), it may try none. A name is never
+/// locked for everyone (seen: five bad logins from anywhere locked `admin` out): failures
+/// from many addresses slow every failed login down instead ([`LoginThrottle::delay`]).
 pub struct LoginThrottle {
     max_failures: u32,
     lockout: Duration,
@@ -146,24 +149,41 @@ impl LoginThrottle {
         }
     }
 
-    fn keys(user: &str, ip: Option<IpAddr>) -> Vec<String> {
-        let mut k = vec![format!("user:{user}")];
-        if let Some(ip) = ip {
-            k.push(format!("ip:{ip}"));
-        }
-        k
+    /// (key, failures that lock it) for a login attempt.
+    fn keys(&self, user: &str, ip: Option<IpAddr>) -> Vec<(String, u32)> {
+        let addr = ip.map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        vec![
+            (format!("pair:{addr}/{user}"), self.max_failures),
+            (format!("ip:{addr}"), self.max_failures.saturating_mul(4)),
+        ]
     }
 
     /// How long the caller must still wait, if locked out.
     pub fn locked(&self, user: &str, ip: Option<IpAddr>) -> Option<Duration> {
         let now = Instant::now();
         let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        Self::keys(user, ip)
+        self.keys(user, ip)
             .iter()
-            .filter_map(|k| map.get(k).and_then(|f| f.locked_until))
+            .filter_map(|(k, _)| map.get(k).and_then(|f| f.locked_until))
             .filter(|until| *until > now)
             .map(|until| until - now)
             .max()
+    }
+
+    /// How long to hold a failed login's answer: nothing while failures are few; with
+    /// more than `10 x max_failures` failed logins in the last `lockout` (from anywhere),
+    /// 100 ms more per failure beyond that, at most 2 s. Guessing slows for all, and no
+    /// one is locked out by others' failures.
+    pub fn delay(&self) -> Duration {
+        let now = Instant::now();
+        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let recent: u32 = map
+            .iter()
+            .filter(|(k, f)| k.starts_with("ip:") && now.duration_since(f.first) < self.lockout)
+            .map(|(_, f)| f.count)
+            .sum();
+        let over = recent.saturating_sub(self.max_failures.saturating_mul(10));
+        Duration::from_millis(100 * u64::from(over)).min(Duration::from_secs(2))
     }
 
     pub fn failed(&self, user: &str, ip: Option<IpAddr>) {
@@ -172,7 +192,7 @@ impl LoginThrottle {
         if map.len() > 100_000 {
             map.retain(|_, f| now.duration_since(f.first) < self.lockout);
         }
-        for k in Self::keys(user, ip) {
+        for (k, max) in self.keys(user, ip) {
             let f = map.entry(k).or_insert(Failures {
                 count: 0,
                 first: now,
@@ -186,7 +206,7 @@ impl LoginThrottle {
                 };
             }
             f.count += 1;
-            if f.count >= self.max_failures {
+            if f.count >= max {
                 f.locked_until = Some(now + self.lockout);
             }
         }
@@ -194,8 +214,9 @@ impl LoginThrottle {
 
     pub fn succeeded(&self, user: &str, ip: Option<IpAddr>) {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        for k in Self::keys(user, ip) {
-            map.remove(&k);
+        // the pair only: an address that also guessed other names stays counted
+        if let Some((pair, _)) = self.keys(user, ip).into_iter().next() {
+            map.remove(&pair);
         }
     }
 }
@@ -232,13 +253,44 @@ mod tests {
         for _ in 0..3 {
             t.failed("alice", Some(ip));
         }
-        assert!(t.locked("alice", None).is_some(), "the name is locked");
-        assert!(
-            t.locked("bob", Some(ip)).is_some(),
-            "the address is locked for other names too"
-        );
+        assert!(t.locked("alice", Some(ip)).is_some(), "the pair is locked");
         let other: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(t.locked("bob", Some(other)).is_none());
+        assert!(
+            t.locked("alice", Some(other)).is_none(),
+            "the name is not locked for everyone"
+        );
+        assert!(t.locked("bob", Some(ip)).is_none());
+        // an address guessing names: locked for all of them after 4 x 3 failures
+        for i in 0..9 {
+            t.failed(&format!("n{i}"), Some(ip));
+        }
+        assert!(
+            t.locked("carol", Some(ip)).is_some(),
+            "the address is locked"
+        );
+        assert!(t.locked("carol", Some(other)).is_none());
+    }
+
+    #[test]
+    fn many_failures_from_anywhere_slow_every_failure_down() {
+        let t = LoginThrottle::new(2, Duration::from_secs(60));
+        assert_eq!(t.delay(), Duration::ZERO);
+        for i in 0..20u8 {
+            t.failed("admin", Some(IpAddr::from([10, 0, 1, i])));
+        }
+        assert_eq!(t.delay(), Duration::ZERO, "20 = 10 x max_failures: not yet");
+        for i in 0..5u8 {
+            t.failed("admin", Some(IpAddr::from([10, 0, 2, i])));
+        }
+        assert_eq!(t.delay(), Duration::from_millis(500));
+        for i in 0..100u8 {
+            t.failed("admin", Some(IpAddr::from([10, 0, 3, i])));
+        }
+        assert_eq!(t.delay(), Duration::from_secs(2));
+        // and none of those addresses locked the name out for a new one
+        assert!(t
+            .locked("admin", Some(IpAddr::from([10, 9, 9, 9])))
+            .is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod client;
 pub mod doctor;
 pub mod init;
+mod log_escape;
 pub mod man;
 pub mod publish;
 pub mod serve;
@@ -28,8 +29,12 @@ pub fn init_logging(format: &str) {
     let _ = if format == "json" {
         builder.json().try_init()
     } else {
+        use tracing_subscriber::field::MakeExt;
         builder
             .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(
+                tracing_subscriber::fmt::format::debug_fn(log_escape::write_field).delimited(" "),
+            )
             .try_init()
     };
 }

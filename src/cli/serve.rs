@@ -29,6 +29,7 @@ pub fn print_config(args: ConfigArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
+    restrict_new_files();
     let (config, warnings) = load(&args)?;
     super::init_logging(&config.log_format);
     for w in warnings {
@@ -39,6 +40,16 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     crate::server::run(config, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Files the server creates (database, segments, keys, backups) are not for other users:
+/// at most 0640 and directories 0750, also when it is not started by the packaged unit
+/// (which sets `UMask=0027` too). Seen: database files 0644 from a plain `surepush serve`.
+fn restrict_new_files() {
+    // SAFETY: umask(2) only sets the process's file mode mask; it cannot fail.
+    let old = unsafe { libc::umask(0o027) };
+    // keep anything stricter the operator already set
+    unsafe { libc::umask(old | 0o027) };
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -177,9 +177,15 @@ async fn demo(req: HttpRequest) -> impl Responder {
     if topics.is_empty() {
         topics.push("demo".to_string());
     }
+    // the address the browser used, never a forwarded host a client made up
     let base_url = {
-        let info = req.connection_info();
-        format!("{}://{}", info.scheme(), info.host())
+        let scheme = if req.app_config().secure() {
+            "https"
+        } else {
+            "http"
+        };
+        let host = super::request_host(&req).unwrap_or("localhost");
+        format!("{scheme}://{host}")
     };
     let page = DemoPage {
         first_topic: topics[0].clone(),

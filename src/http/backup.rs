@@ -23,7 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn backup(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let token = super::auth::token(&req).ok_or(AuthError::Missing)?;
+    let (token, _) = super::auth::token(&req).ok_or(AuthError::Missing)?;
     let who = st.auth.verify(&token)?;
     if !who.admin {
         return Err(AuthError::Forbidden("backups (an admin token is required)".into()).into());

@@ -28,6 +28,11 @@ pub async fn read_limited(
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
+            if super::body_deadline::is_timeout(&e) {
+                return ApiError::BodyTimeout {
+                    message: format!("{e}: send it whole within limits.body_timeout_ms, with no pause over limits.body_idle_timeout_ms"),
+                };
+            }
             ApiError::bad_request(
                 "body_unreadable",
                 format!("cannot read the request body: {e}"),

@@ -192,6 +192,7 @@ async fn enqueue(
         "payload_too_large",
         "payload",
     )?;
+    crate::json_check::check(&payload).map_err(|e| ApiError::unreadable_json(e, "payload"))?;
     let reply_topic = match &b.reply_topic {
         Some(t) => {
             let topic = Topic::parse(t).map_err(|e| {
@@ -381,6 +382,7 @@ async fn lease(
             .job(JobOp::Lease {
                 queue: queue.clone(),
                 worker: b.worker.clone(),
+                subject: who.as_ref().map(|p| p.sub.clone()),
                 max,
                 lease_ms,
             })
@@ -452,6 +454,25 @@ fn parse_holder(body: &[u8]) -> Result<HolderBody<'_>, ApiError> {
     serde_json::from_slice(body).map_err(json_error)
 }
 
+/// Marks an answer to a lease action that named neither `worker` nor `attempt`: still
+/// accepted from the token that took the lease, refused from any other (README, Jobs).
+fn deprecated_if(mut resp: HttpResponse, anonymous: bool) -> HttpResponse {
+    if anonymous {
+        let h = resp.headers_mut();
+        h.insert(
+            actix_web::http::header::HeaderName::from_static("deprecation"),
+            actix_web::http::header::HeaderValue::from_static("true"),
+        );
+        h.insert(
+            actix_web::http::header::WARNING,
+            actix_web::http::header::HeaderValue::from_static(
+                "299 surepush \"send worker and attempt as the lease gave them; without them only the leasing token is accepted\"",
+            ),
+        );
+    }
+    resp
+}
+
 fn updated(reply: JobReply) -> Result<HttpResponse, ApiError> {
     match reply {
         JobReply::Updated(job) => Ok(HttpResponse::Ok()
@@ -468,9 +489,10 @@ async fn heartbeat(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (job, _) = visible_job(&req, &st, &path, Some(Right::Work)).await?;
+    let (job, who) = visible_job(&req, &st, &path, Some(Right::Work)).await?;
     let body = holder_body(&req, payload, &st).await?;
     let b = parse_holder(&body)?;
+    let anonymous = b.worker.is_none() && b.attempt.is_none();
     let lease_ms = lease_ms(b.lease_secs, &st.config.jobs)?;
     let reply = st
         .log
@@ -479,11 +501,12 @@ async fn heartbeat(
             holder: Holder {
                 worker: b.worker,
                 attempt: b.attempt,
+                subject: who.as_ref().map(|p| p.sub.clone()),
             },
             lease_ms,
         })
         .await?;
-    updated(reply)
+    updated(reply).map(|r| deprecated_if(r, anonymous))
 }
 
 async fn complete(
@@ -492,9 +515,10 @@ async fn complete(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (job, _) = visible_job(&req, &st, &path, Some(Right::Work)).await?;
+    let (job, who) = visible_job(&req, &st, &path, Some(Right::Work)).await?;
     let body = holder_body(&req, payload, &st).await?;
     let b = parse_holder(&body)?;
+    let anonymous = b.worker.is_none() && b.attempt.is_none();
     let result = b
         .result
         .map_or_else(|| "null".to_string(), |r| minify_json(r.get()));
@@ -504,6 +528,7 @@ async fn complete(
         "result_too_large",
         "result",
     )?;
+    crate::json_check::check(&result).map_err(|e| ApiError::unreadable_json(e, "result"))?;
     let reply = st
         .log
         .job(JobOp::Complete {
@@ -511,11 +536,12 @@ async fn complete(
             holder: Holder {
                 worker: b.worker,
                 attempt: b.attempt,
+                subject: who.as_ref().map(|p| p.sub.clone()),
             },
             result,
         })
         .await?;
-    updated(reply)
+    updated(reply).map(|r| deprecated_if(r, anonymous))
 }
 
 fn backoff(st: &AppState) -> Backoff {
@@ -531,9 +557,10 @@ async fn fail(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (job, _) = visible_job(&req, &st, &path, Some(Right::Work)).await?;
+    let (job, who) = visible_job(&req, &st, &path, Some(Right::Work)).await?;
     let body = holder_body(&req, payload, &st).await?;
     let b = parse_holder(&body)?;
+    let anonymous = b.worker.is_none() && b.attempt.is_none();
     let mut error = b.error.unwrap_or_else(|| "failed".to_string());
     if error.len() > 16 * 1024 {
         let mut cut = 16 * 1024;
@@ -549,13 +576,14 @@ async fn fail(
             holder: Holder {
                 worker: b.worker,
                 attempt: b.attempt,
+                subject: who.as_ref().map(|p| p.sub.clone()),
             },
             error,
             retry: b.retry.unwrap_or(true),
             backoff: backoff(&st),
         })
         .await?;
-    updated(reply)
+    updated(reply).map(|r| deprecated_if(r, anonymous))
 }
 
 async fn requeue(

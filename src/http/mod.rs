@@ -5,6 +5,7 @@ mod assets;
 mod auth;
 mod backup;
 mod body;
+mod body_deadline;
 mod doctor;
 pub mod guard;
 mod jobs;
@@ -29,6 +30,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     doctor::configure(cfg);
     admin::configure(cfg);
     cfg.default_service(web::to(not_found));
+}
+
+/// The host (and port) the request was addressed to: `Host`, or HTTP/2's `:authority`.
+/// Never `X-Forwarded-Host` or `Forwarded`, which any client can send.
+pub fn request_host(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .filter(|h| !h.is_empty())
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -108,16 +108,7 @@ pub fn parse(req: &HttpRequest, cfg: &PushConfig) -> Result<SubscribeParams, Api
                 })
             }
             "untyped" => untyped = matches!(v.as_ref(), "1" | "true"),
-            "fallback" => {
-                let reason: String = v
-                    .chars()
-                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                    .take(32)
-                    .collect();
-                if !reason.is_empty() {
-                    fallback = Some(reason);
-                }
-            }
+            "fallback" => fallback = fallback_reason(&v),
             _ => {}
         }
     }
@@ -154,10 +145,73 @@ pub fn parse(req: &HttpRequest, cfg: &PushConfig) -> Result<SubscribeParams, Api
     })
 }
 
+/// Fallback reasons the served client reports (`static/surepush.js`: `_stepDown`,
+/// `_connect`, the remembered fallback). They become metric labels, so the set is
+/// closed: anything else counts as `other`, and a client cannot grow `/metrics`.
+pub const FALLBACK_REASONS: &[&str] = &[
+    "no_eventsource",
+    "forced",
+    "remembered",
+    "http10",
+    "server_close",
+    "sse_canary",
+    "sse_late",
+    "sse_bunched",
+    "sse_error",
+    "sse_stall",
+    "close_canary",
+    "close_error",
+    "close_stall",
+];
+
+/// The label a `fallback=` value is counted under; None for an empty one.
+pub fn fallback_reason(raw: &str) -> Option<String> {
+    if raw.is_empty() {
+        return None;
+    }
+    let known = FALLBACK_REASONS.iter().find(|r| **r == raw);
+    Some(known.copied().unwrap_or("other").to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+
+    /// Every reason the served client can send is counted under its own name: the
+    /// string literals on the client's lines that set a reason or step down.
+    #[test]
+    fn the_client_reasons_are_all_known() {
+        let js = include_str!("../../static/surepush.js");
+        let mut found = Vec::new();
+        for line in js.lines() {
+            if !(line.contains("_stepDown(")
+                || line.contains("reason = ")
+                || line.contains("reason: "))
+            {
+                continue;
+            }
+            for (i, lit) in line.split('\'').enumerate() {
+                let ident = !lit.is_empty()
+                    && lit
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if i % 2 == 1 && ident {
+                    found.push(lit.to_string());
+                }
+            }
+        }
+        assert!(found.len() >= 12, "{found:?}");
+        for r in &found {
+            assert!(
+                FALLBACK_REASONS.contains(&r.as_str()),
+                "{r} is not in FALLBACK_REASONS"
+            );
+            assert_eq!(fallback_reason(r).as_deref(), Some(r.as_str()));
+        }
+        assert_eq!(fallback_reason("junk\u{7}").as_deref(), Some("other"));
+        assert_eq!(fallback_reason(""), None);
+    }
 
     fn run(uri: &str) -> Result<SubscribeParams, &'static str> {
         parse(

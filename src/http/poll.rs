@@ -62,15 +62,18 @@ async fn long_poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
     st.auth.authorize_subscribe(who.as_ref(), &p.patterns)?;
     let http = http_version(&req);
     let _conn = ConnectionGuard::new(&st.metrics, "longpoll", http);
-    let registered = st.subscribers.register(SubscriberInfo {
-        peer: req.peer_addr(),
-        subject: who.as_ref().map(|w| w.sub.clone()),
-        transport: "longpoll",
-        http,
-        topics: p.patterns.iter().map(|p| p.to_string()).collect(),
-        fallback: p.fallback.clone(),
-        since_ms: crate::store::now_ms(),
-    });
+    let registered = st.subscribers.register(
+        SubscriberInfo {
+            peer: req.peer_addr(),
+            subject: who.as_ref().map(|w| w.sub.clone()),
+            transport: "longpoll",
+            http,
+            topics: p.patterns.iter().map(|p| p.to_string()).collect(),
+            fallback: p.fallback.clone(),
+            since_ms: crate::store::now_ms(),
+        },
+        st.subscription_caps(),
+    )?;
     count_fallback(&st, p.fallback);
     let sub = st.hub.subscribe(&p.patterns);
     let resume = st.log.resume(p.since, &p.patterns).await?;

@@ -137,6 +137,8 @@ pub fn parse_publish(body: &[u8], limits: &LimitsConfig) -> Result<Vec<NewEvent>
             Some(raw) => minify_json(raw.get()),
             None => "null".to_string(),
         };
+        crate::json_check::check(&data_json)
+            .map_err(|e| ApiError::unreadable_json(e, &format!("{}data", at(i))))?;
         if data_json.len() > limits.max_event_data_bytes {
             return Err(ApiError::too_large(
                 "data_too_large",

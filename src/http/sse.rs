@@ -93,15 +93,18 @@ async fn stream(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
         SseMode::Stream => "sse_stream",
         SseMode::Close => "sse_close",
     };
-    let registered = st.subscribers.register(SubscriberInfo {
-        peer: req.peer_addr(),
-        subject: who.as_ref().map(|w| w.sub.clone()),
-        transport,
-        http,
-        topics: p.patterns.iter().map(|p| p.to_string()).collect(),
-        fallback: p.fallback.clone(),
-        since_ms: now_ms(),
-    });
+    let registered = st.subscribers.register(
+        SubscriberInfo {
+            peer: req.peer_addr(),
+            subject: who.as_ref().map(|w| w.sub.clone()),
+            transport,
+            http,
+            topics: p.patterns.iter().map(|p| p.to_string()).collect(),
+            fallback: p.fallback.clone(),
+            since_ms: now_ms(),
+        },
+        st.subscription_caps(),
+    )?;
     if let Some(reason) = p.fallback {
         st.metrics
             .fallbacks

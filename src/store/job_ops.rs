@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use super::jobs::{
-    self, backoff_ms, counts_key, dead_key, idem_key, job_id, job_key, lease_key, ready_key,
-    ready_parts, ready_prefix, JobError, JobRecord, JobState, QueueCounts,
+    self, backoff_ms, counts_key, dead_key, idem_key, job_id, job_key, lease_key, legacy_idem_key,
+    ready_key, ready_parts, ready_prefix, JobError, JobRecord, JobState, QueueCounts,
 };
 use super::writer::{Commit, EventBatch, Writer};
 use super::{keys, StoreError};
@@ -28,6 +28,15 @@ pub struct NewJob {
 pub struct Holder {
     pub worker: Option<String>,
     pub attempt: Option<u32>,
+    /// The caller's token subject (None without auth).
+    pub subject: Option<String>,
+}
+
+impl Holder {
+    /// Neither `worker` nor `attempt` was given: a worker of before they were required.
+    pub fn is_anonymous(&self) -> bool {
+        self.worker.is_none() && self.attempt.is_none()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +51,8 @@ pub enum JobOp {
     Lease {
         queue: String,
         worker: String,
+        /// The leasing token's subject.
+        subject: Option<String>,
         max: usize,
         lease_ms: u64,
     },
@@ -103,6 +114,26 @@ impl JobReply {
     }
 }
 
+/// The job this owner already enqueued with this idempotency key, if any (also one
+/// stored before keys were scoped by owner, when it is the same owner's).
+fn idempotent_twin(
+    tree: &sled::Tree,
+    queue: &str,
+    owner: Option<&str>,
+    key: &str,
+) -> Result<Option<JobRecord>, StoreError> {
+    if let Some(v) = tree.get(idem_key(queue, owner, key))? {
+        return Ok(Some(load(tree, keys::be_u64(&v))?));
+    }
+    if let Some(v) = tree.get(legacy_idem_key(queue, key))? {
+        let job = load(tree, keys::be_u64(&v))?;
+        if job.owner.as_deref() == owner {
+            return Ok(Some(job));
+        }
+    }
+    Ok(None)
+}
+
 fn load(tree: &sled::Tree, seq: u64) -> Result<JobRecord, StoreError> {
     let v = tree
         .get(job_key(seq))?
@@ -140,6 +171,13 @@ fn check_holder(job: &JobRecord, holder: &Holder) -> Result<(), StoreError> {
         if w != cur {
             return Err(conflict(format!("job {id} is leased by another worker")));
         }
+    }
+    // Naming neither is allowed only to the token that took the lease (workers of
+    // before `worker` and `attempt` were sent; deprecated): another token must name them.
+    if holder.is_anonymous() && job.lease_subject.is_some() && holder.subject != job.lease_subject {
+        return Err(conflict(format!(
+            "job {id} was leased with another token: send \"worker\" and \"attempt\" as the lease gave them"
+        )));
     }
     Ok(())
 }
@@ -207,8 +245,9 @@ impl Writer {
         let reply = match op {
             JobOp::Enqueue(new) => {
                 if let Some(key) = &new.idempotency_key {
-                    if let Some(v) = tree.get(idem_key(&new.queue, key))? {
-                        let job = load(&tree, keys::be_u64(&v))?;
+                    if let Some(job) =
+                        idempotent_twin(&tree, &new.queue, new.owner.as_deref(), key)?
+                    {
                         return Ok(JobReply::Enqueued {
                             job,
                             created: false,
@@ -235,6 +274,7 @@ impl Writer {
                     finished_ms: None,
                     idempotency_key: new.idempotency_key.clone(),
                     owner: new.owner,
+                    lease_subject: None,
                 };
                 jb.put(&job);
                 jb.ev
@@ -244,9 +284,10 @@ impl Writer {
                     .batch
                     .insert(keys::meta(jobs::NEXT_JOB), &(seq + 1).to_be_bytes());
                 if let Some(key) = &new.idempotency_key {
-                    jb.ev
-                        .batch
-                        .insert(idem_key(&job.queue, key), &seq.to_be_bytes());
+                    jb.ev.batch.insert(
+                        idem_key(&job.queue, job.owner.as_deref(), key),
+                        &seq.to_be_bytes(),
+                    );
                 }
                 jb.moved(&tree, &job.queue, None, Some(JobState::Queued))?;
                 commit.queues.insert(job.queue.clone());
@@ -255,6 +296,7 @@ impl Writer {
             JobOp::Lease {
                 queue,
                 worker,
+                subject,
                 max,
                 lease_ms,
             } => {
@@ -281,6 +323,7 @@ impl Writer {
                     job.state = JobState::Leased;
                     job.attempts += 1;
                     job.worker = Some(worker.clone());
+                    job.lease_subject = subject.clone();
                     job.lease_until_ms = Some(now + lease_ms);
                     job.updated_ms = now;
                     jb.ev
@@ -411,7 +454,10 @@ impl Writer {
                 jb.ev.batch.remove(&job_key(seq));
                 jb.ev.batch.remove(dead_key(&job.queue, seq));
                 if let Some(k) = &job.idempotency_key {
-                    jb.ev.batch.remove(idem_key(&job.queue, k));
+                    jb.ev
+                        .batch
+                        .remove(idem_key(&job.queue, job.owner.as_deref(), k));
+                    jb.ev.batch.remove(legacy_idem_key(&job.queue, k));
                 }
                 jb.moved(&tree, &job.queue, Some(job.state), None)?;
                 JobReply::Discarded

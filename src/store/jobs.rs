@@ -10,7 +10,8 @@
 //! - `R` queue 0x00 run_at(8) seq(8)    -> ready index: FIFO by due time, then age
 //! - `L` lease_until(8) seq(8)          -> lease index, for expiry
 //! - `D` queue 0x00 seq(8)              -> dead letters
-//! - `K` queue 0x00 key                 -> seq (idempotency keys)
+//! - `K` queue 0x00 0x01 owner_len(2) owner key -> seq (idempotency keys, per owner;
+//!   `K` queue 0x00 key, without the owner, was written before keys were scoped)
 //! - `C` queue                          -> counts per state
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +91,10 @@ pub struct JobRecord {
     pub idempotency_key: Option<String>,
     /// Who enqueued it (token subject).
     pub owner: Option<String>,
+    /// The token subject that took the current lease: only it may act on the lease
+    /// without naming `worker` and `attempt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_subject: Option<String>,
 }
 
 /// The next job number (the counter is written by the enqueue's own batch).
@@ -174,7 +179,22 @@ pub fn dead_key(queue: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-pub fn idem_key(queue: &str, key: &str) -> Vec<u8> {
+/// An idempotency key as its owner (the token subject; "" without auth) sent it: one
+/// owner's `invoice-77` is not another's. Keys are header text (no byte below 0x20),
+/// so the 0x01 tag cannot meet a key stored before scoping ([`legacy_idem_key`]).
+pub fn idem_key(queue: &str, owner: Option<&str>, key: &str) -> Vec<u8> {
+    let owner = owner.unwrap_or("").as_bytes();
+    let owner = &owner[..owner.len().min(u16::MAX as usize)];
+    let mut k = queue_prefix(IDEM, queue);
+    k.push(0x01);
+    k.extend_from_slice(&(owner.len() as u16).to_be_bytes());
+    k.extend_from_slice(owner);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The key of a job enqueued before idempotency keys were scoped by owner.
+pub fn legacy_idem_key(queue: &str, key: &str) -> Vec<u8> {
     let mut k = queue_prefix(IDEM, queue);
     k.extend_from_slice(key.as_bytes());
     k

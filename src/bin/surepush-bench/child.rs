@@ -68,7 +68,16 @@ pub fn spawn_in(
 ) -> io::Result<Server> {
     let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir)?;
-    let mut cmd = Command::new(bin);
+    // `SUREPUSH_BENCH_SERVER_CPUS=0`: the server runs pinned to those CPUs (taskset execs
+    // it, so the pid is the server's), the way bench/peers.sh pins every server it compares.
+    let mut cmd = match std::env::var("SUREPUSH_BENCH_SERVER_CPUS") {
+        Ok(cpus) if !cpus.is_empty() => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus.as_str()]).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    };
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
         .env("SUREPUSH_LOG", "warn,surepush::server=info")

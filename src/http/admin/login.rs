@@ -39,9 +39,12 @@ struct NextQuery {
     next: String,
 }
 
-/// Only local admin paths are followed after login (no open redirect).
+/// Where a login goes on to: a local admin path (no open redirect), else the dashboard.
+/// Only visible ASCII (a CR/LF would not fit in the `Location` header, and a space or a
+/// non-ASCII byte has no business in a path the admin UI builds).
 fn safe_next(next: &str) -> String {
-    if next.starts_with("/admin") && !next.starts_with("//") && !next.contains('\\') {
+    let visible = next.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if visible && next.starts_with("/admin") && !next.starts_with("//") && !next.contains('\\') {
         next.to_string()
     } else {
         "/admin/".to_string()
@@ -138,6 +141,7 @@ async fn login(
     let Some(credential) = credential.filter(|_| ok) else {
         st.admin.throttle.failed(&user, ip);
         tracing::warn!(target: "audit", user = %user, ip = ?ip, "login failed");
+        tokio::time::sleep(st.admin.throttle.delay()).await;
         return render_login(
             actix_web::http::StatusCode::UNAUTHORIZED,
             &form.next,
@@ -183,5 +187,10 @@ mod tests {
         assert_eq!(safe_next("//evil.example/admin"), "/admin/");
         assert_eq!(safe_next("/admin\\@evil"), "/admin/");
         assert_eq!(safe_next(""), "/admin/");
+        // seen: 500 "failed to parse header value", with the session cookie already set
+        assert_eq!(safe_next("/admin/x\r\nSet-Cookie: a=b"), "/admin/");
+        assert_eq!(safe_next("/admin/x\ny"), "/admin/");
+        assert_eq!(safe_next("/admin/\u{0}"), "/admin/");
+        assert_eq!(safe_next("/admin/caf\u{e9}"), "/admin/");
     }
 }

@@ -162,16 +162,16 @@ pub fn session_cookie(value: &str, max_age_secs: Option<i64>) -> Cookie<'static>
     c
 }
 
+/// The content policy of the admin pages (and every HTML page that sets none itself).
+pub const PAGE_POLICY: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'; form-action 'self'";
+
 /// Renders a template as an HTML page that is never cached.
 pub fn html(body: String) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'; form-action 'self'",
-        ))
+        .insert_header((header::CONTENT_SECURITY_POLICY, PAGE_POLICY))
         .body(body)
 }
 

@@ -240,6 +240,8 @@ async fn publish(
         Some(e.to_string())
     } else if let Err(e) = serde_json::from_str::<serde_json::Value>(&form.data) {
         Some(format!("The data is not valid JSON: {e}."))
+    } else if let Err(e) = crate::json_check::check(&form.data) {
+        Some(format!("The data is refused: {e}."))
     } else if form.data.len() > st.config.limits.max_event_data_bytes {
         Some(format!(
             "The data is {} bytes; the limit is {}.",

@@ -36,6 +36,30 @@ use crate::{
     ConnectionType, Error, Extensions, HttpMessage, OnConnectData, Request, Response, StatusCode,
 };
 
+/// surepush patch: the JSON error body (`{"error": code, "message": sentence}`, as every
+/// other surepush error has) of a response the dispatcher makes itself for a request it
+/// could not parse; upstream sends these with an empty body. (The 408 of a request head
+/// that came too slowly stays empty: the connection is shut down right after it.)
+fn protocol_error_body(res: &mut Response<()>) -> BoxBody {
+    let (code, message) = match res.status() {
+        StatusCode::BAD_REQUEST => (
+            "bad_request",
+            "the request is not valid HTTP/1.1: a malformed request line, header line or Content-Length",
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request head is too large: too many or too long header lines, or too long a URL",
+        ),
+        StatusCode::INTERNAL_SERVER_ERROR => ("internal", "the request could not be read"),
+        _ => return BoxBody::new(()),
+    };
+    res.headers_mut().insert(
+        crate::header::CONTENT_TYPE,
+        crate::header::HeaderValue::from_static("application/json"),
+    );
+    BoxBody::new(format!(r#"{{"error":"{code}","message":"{message}"}}"#))
+}
+
 const LW_BUFFER_SIZE: usize = 1024;
 const HW_BUFFER_SIZE: usize = 1024 * 8;
 const MAX_PIPELINED_MESSAGES: usize = 16;
@@ -628,11 +652,12 @@ where
                     }
 
                     // handle error message
-                    Some(DispatcherMessage::Error(res)) => {
+                    Some(DispatcherMessage::Error(mut res)) => {
                         // send_response would update InnerDispatcher state to SendPayload or None
                         // (If response body is empty)
                         // continue loop to poll it
-                        self.as_mut().send_error_response(res, BoxBody::new(()))?;
+                        let body = protocol_error_body(&mut res);
+                        self.as_mut().send_error_response(res, body)?;
                     }
 
                     // return with upgrade request and poll it exclusively

@@ -57,6 +57,15 @@ impl Stream for Payload {
     }
 }
 
+/// surepush patch: SETTINGS_MAX_CONCURRENT_STREAMS for new connections (0: h2's default).
+static MAX_CONCURRENT_STREAMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// surepush patch: bounds the streams one HTTP/2 connection may have open at once
+/// (actix-web's `HttpServer` has no setting for it); applies to connections made after.
+pub fn set_max_concurrent_streams(n: u32) {
+    MAX_CONCURRENT_STREAMS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub(crate) fn handshake_with_timeout<T>(io: T, config: &ServiceConfig) -> HandshakeWithTimeout<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -65,6 +74,10 @@ where
     builder
         .initial_window_size(config.h2_initial_window_size())
         .initial_connection_window_size(config.h2_initial_connection_window_size());
+    let max_streams = MAX_CONCURRENT_STREAMS.load(std::sync::atomic::Ordering::Relaxed);
+    if max_streams > 0 {
+        builder.max_concurrent_streams(max_streams);
+    }
 
     HandshakeWithTimeout {
         handshake: builder.handshake(io),
