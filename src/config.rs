@@ -300,7 +300,8 @@ pub struct LimitsConfig {
     /// Open connections in total; beyond it the server stops accepting until some close.
     /// Both limits also cap open SSE streams and long polls, whatever the HTTP version.
     pub max_connections: usize,
-    /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS;
+    /// process-wide: the last server started in a process sets it for all).
     pub h2_max_streams_per_connection: u32,
     /// Events a second each token subject may publish (0 = no limit), and the burst.
     pub publish_rate_per_sec: u64,

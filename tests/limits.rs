@@ -541,11 +541,17 @@ async fn request_bodies_must_arrive_in_time() {
 /// connections do (seen: cap 10 per address, one h2 connection opened 2 000 streams).
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_streams_are_bounded_and_counted_per_address() {
-    let s = TestServer::start_with(|c| {
-        c.limits.max_connections_per_ip = 10;
-        c.limits.h2_max_streams_per_connection = 50;
-    })
-    .await;
+    // its own process: the stream bound is process-wide (one server per process), and the
+    // other tests of this binary start in-process servers with the default meanwhile
+    let dir = tempfile::tempdir().unwrap();
+    let s = ChildServer::spawn_env(
+        &dir.path().join("data"),
+        &[],
+        &[
+            ("SUREPUSH_LIMITS__MAX_CONNECTIONS_PER_IP", "10"),
+            ("SUREPUSH_LIMITS__H2_MAX_STREAMS_PER_CONNECTION", "50"),
+        ],
+    );
     // the bound is announced
     init();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -596,7 +602,7 @@ async fn http2_streams_are_bounded_and_counted_per_address() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = client_h1()
-            .get(s.url("/v1/events?topic=h2cap&since=0"))
+            .get(format!("{}/v1/events?topic=h2cap&since=0", s.base_url))
             .send()
             .await
             .unwrap();
