@@ -42,6 +42,30 @@ pub struct Config {
     pub cors: CorsConfig,
     pub jobs: JobsConfig,
     pub admin: AdminConfig,
+    pub server: ServerConfig,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Reverse proxies (CIDR blocks or single addresses, e.g. ["10.0.0.0/8", "::1"])
+    /// whose forwarded client address is believed. Requests from other peers are taken
+    /// at their TCP address. Per-address limits, the admin lockout and the logs then
+    /// see the client behind the proxy; connections from a listed proxy are not held to
+    /// `limits.max_connections_per_ip`.
+    pub trusted_proxies: Vec<crate::cidr::Cidr>,
+    /// The header those proxies put the client in: "x-forwarded-for" or "forwarded"
+    /// (RFC 7239). Only this one is read.
+    pub client_ip_header: ClientIpHeader,
+}
+
+/// Where trusted proxies put the client's address.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpHeader {
+    #[default]
+    XForwardedFor,
+    Forwarded,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -335,6 +359,7 @@ impl Default for Config {
             cors: CorsConfig::default(),
             jobs: JobsConfig::default(),
             admin: AdminConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }

@@ -8,9 +8,12 @@ use std::time::Instant;
 
 /// Counts open connections per client IP. A connection over the limit is still
 /// accepted by the kernel, but every request on it is answered 429 and it is closed.
+/// Trusted reverse proxies (`server.trusted_proxies`) carry many clients' connections
+/// and are counted but never over the limit.
 pub struct ConnLimiter {
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     max_per_ip: u32,
+    exempt: Vec<crate::cidr::Cidr>,
 }
 
 /// Held in the connection's extensions for its lifetime.
@@ -34,10 +37,11 @@ impl Drop for ConnSlot {
 }
 
 impl ConnLimiter {
-    pub fn new(max_per_ip: u32) -> Arc<ConnLimiter> {
+    pub fn new(max_per_ip: u32, exempt: Vec<crate::cidr::Cidr>) -> Arc<ConnLimiter> {
         Arc::new(ConnLimiter {
             per_ip: Mutex::new(HashMap::new()),
             max_per_ip,
+            exempt,
         })
     }
 
@@ -53,7 +57,9 @@ impl ConnLimiter {
         ConnSlot {
             limiter: self.clone(),
             ip,
-            over_limit: self.max_per_ip > 0 && n > self.max_per_ip,
+            over_limit: self.max_per_ip > 0
+                && n > self.max_per_ip
+                && !crate::cidr::any_contains(&self.exempt, ip),
         }
     }
 
@@ -120,7 +126,7 @@ mod tests {
 
     #[test]
     fn per_ip_slots() {
-        let l = ConnLimiter::new(2);
+        let l = ConnLimiter::new(2, vec!["10.0.0.0/8".parse().unwrap()]);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         let a = l.open(ip);
@@ -132,6 +138,15 @@ mod tests {
         drop(b);
         assert!(!l.open(ip).over_limit);
         assert_eq!(l.open_for(ip), 1);
+    }
+
+    #[test]
+    fn trusted_proxies_are_counted_but_never_over() {
+        let l = ConnLimiter::new(1, vec!["10.0.0.0/8".parse().unwrap()]);
+        let proxy: IpAddr = "10.9.9.9".parse().unwrap();
+        let slots: Vec<ConnSlot> = (0..5).map(|_| l.open(proxy)).collect();
+        assert!(slots.iter().all(|s| !s.over_limit));
+        assert_eq!(l.open_for(proxy), 5);
     }
 
     #[test]

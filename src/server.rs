@@ -205,7 +205,10 @@ pub async fn run(
         hub,
         metrics,
         stalls: stalls.clone(),
-        conns: ConnLimiter::new(config.limits.max_connections_per_ip),
+        conns: ConnLimiter::new(
+            config.limits.max_connections_per_ip,
+            config.server.trusted_proxies.clone(),
+        ),
         publish_rate: Arc::new(RateLimiter::new(
             config.limits.publish_rate_per_sec,
             config.limits.publish_burst,

@@ -8,7 +8,7 @@
 //! `/v1/stream` streams on one connection with a cap of 10 per address).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 
 #[derive(Debug)]
 pub struct SubscriberInfo {
-    pub peer: Option<SocketAddr>,
+    /// The client's address (behind a trusted proxy, the one it forwarded).
+    pub client: Option<IpAddr>,
     pub subject: Option<String>,
     pub transport: &'static str,
     pub http: &'static str,
@@ -94,7 +95,7 @@ impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         let mut inner = self.registry.lock();
         inner.entries.remove(&self.entry.id);
-        if let Some(ip) = self.entry.info.peer.map(|p| p.ip()) {
+        if let Some(ip) = self.entry.info.client {
             if let Some(n) = inner.per_ip.get_mut(&ip) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -120,7 +121,7 @@ impl Registry {
         info: SubscriberInfo,
         caps: Caps,
     ) -> Result<SubscriberGuard, OverCap> {
-        let ip = info.peer.map(|p| p.ip());
+        let ip = info.client;
         let mut inner = self.lock();
         if caps.total > 0 && inner.entries.len() >= caps.total {
             return Err(OverCap::Total(inner.entries.len()));
@@ -202,7 +203,7 @@ mod tests {
 
     fn from(topic: &str, peer: Option<&str>) -> SubscriberInfo {
         SubscriberInfo {
-            peer: peer.map(|p| p.parse().unwrap()),
+            client: peer.map(|p| p.parse().unwrap()),
             subject: Some("u1".into()),
             transport: "sse_stream",
             http: "1.1",
@@ -241,19 +242,19 @@ mod tests {
             per_ip: 2,
             total: 3,
         };
-        let a1 = r.register(from("t", Some("10.0.0.1:1")), caps).unwrap();
-        let _a2 = r.register(from("t", Some("10.0.0.1:2")), caps).unwrap();
+        let a1 = r.register(from("t", Some("10.0.0.1")), caps).unwrap();
+        let _a2 = r.register(from("t", Some("10.0.0.1")), caps).unwrap();
         assert_eq!(
-            r.register(from("t", Some("10.0.0.1:3")), caps).err(),
+            r.register(from("t", Some("10.0.0.1")), caps).err(),
             Some(OverCap::PerIp(2))
         );
-        let _b = r.register(from("t", Some("10.0.0.2:1")), caps).unwrap();
+        let _b = r.register(from("t", Some("10.0.0.2")), caps).unwrap();
         assert_eq!(
-            r.register(from("t", Some("10.0.0.3:1")), caps).err(),
+            r.register(from("t", Some("10.0.0.3")), caps).err(),
             Some(OverCap::Total(3))
         );
         drop(a1);
-        let _a3 = r.register(from("t", Some("10.0.0.1:4")), caps).unwrap();
+        let _a3 = r.register(from("t", Some("10.0.0.1")), caps).unwrap();
         assert_eq!(r.lock().per_ip.len(), 2);
     }
 }

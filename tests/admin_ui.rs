@@ -435,6 +435,60 @@ async fn wrong_password_is_refused_and_repeated_failures_lock_out() {
     .await;
 }
 
+/// A client at loopback address `local` whose requests say they are forwarded for `client`.
+fn forwarding_client(local: &str, client: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", client.parse().unwrap());
+    reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .default_headers(headers)
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Behind a trusted reverse proxy the lockout is per forwarded client: one client's
+/// failures do not lock out the admin for the others behind the same proxy, and a peer
+/// that is not a listed proxy cannot dodge its lockout by claiming another address.
+#[tokio::test(flavor = "multi_thread")]
+async fn lockout_behind_a_trusted_proxy_is_per_forwarded_client() {
+    bounded("proxied lockout", async {
+        let (s, pw) = admin_server(|c| {
+            c.admin.lockout_failures = 2;
+            c.admin.lockout_secs = 300;
+            c.server.trusted_proxies = vec!["127.0.0.5".parse().unwrap()];
+        })
+        .await;
+        let guesser = forwarding_client("127.0.0.5", "198.51.100.66");
+        for _ in 0..2 {
+            let r = post_login(&guesser, &s.base_url, "admin", "wrong-guess", "/admin/").await;
+            assert_eq!(r.status(), 401);
+        }
+        let r = post_login(&guesser, &s.base_url, "admin", &pw, "/admin/").await;
+        assert_eq!(r.status(), 429, "the guessing client is locked out");
+        let colleague = forwarding_client("127.0.0.5", "198.51.100.67");
+        let r = post_login(&colleague, &s.base_url, "admin", &pw, "/admin/").await;
+        assert_eq!(r.status(), 303, "another client behind the proxy logs in");
+
+        // not a listed proxy: its header is ignored, so a new claim does not help
+        let direct = forwarding_client("127.0.0.6", "198.51.100.70");
+        for _ in 0..2 {
+            let r = post_login(&direct, &s.base_url, "admin", "wrong-guess", "/admin/").await;
+            assert_eq!(r.status(), 401);
+        }
+        let dodger = forwarding_client("127.0.0.6", "198.51.100.71");
+        let r = post_login(&dodger, &s.base_url, "admin", &pw, "/admin/").await;
+        assert_eq!(
+            r.status(),
+            429,
+            "an untrusted peer's X-Forwarded-For is ignored"
+        );
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. login and the live dashboard
 // ---------------------------------------------------------------------------------------

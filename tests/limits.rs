@@ -674,3 +674,99 @@ async fn unparsable_requests_get_a_json_error() {
         );
     }
 }
+
+/// A client on loopback address `local`, HTTP/1.1 only or with h2 offered.
+fn client_at(local: &str, h1_only: bool) -> reqwest::Client {
+    init();
+    let b = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(20));
+    let b = if h1_only { b.http1_only() } else { b };
+    b.build().unwrap()
+}
+
+/// Opens `/v1/stream` with an `X-Forwarded-For`; returns the status (and the open
+/// response when it is 200, so the stream stays counted).
+async fn stream_as(
+    c: &reqwest::Client,
+    s: &TestServer,
+    forwarded_for: &str,
+) -> (u16, Option<reqwest::Response>) {
+    let r = c
+        .get(s.url("/v1/stream?topic=behind-proxy"))
+        .header("X-Forwarded-For", forwarded_for)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    if status == 429 {
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "too_many_connections", "{body}");
+        return (status, None);
+    }
+    (status, Some(r))
+}
+
+/// Behind a reverse proxy every client shared the proxy's address (seen: per-address
+/// limits hit all users of the proxy at once). Only a listed proxy is believed, only the
+/// address it appended counts, and anyone else's header is ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_behind_a_trusted_proxy_get_their_own_limits() {
+    let s = TestServer::start_with(|c| {
+        c.limits.max_connections_per_ip = 2;
+        c.server.trusted_proxies = vec!["127.0.0.3".parse().unwrap()];
+    })
+    .await;
+    for h1_only in [true, false] {
+        let proxy = client_at("127.0.0.3", h1_only);
+        let mut open = Vec::new();
+        // four streams through the proxy, two clients: each client is within its 2,
+        // though the proxy itself holds 4 (over h1, 4 TCP connections)
+        for who in [
+            "198.51.100.1",
+            "198.51.100.1",
+            "198.51.100.2",
+            "198.51.100.2",
+        ] {
+            let (status, r) = stream_as(&proxy, &s, who).await;
+            assert_eq!(status, 200, "{who} (h1 only: {h1_only})");
+            open.extend(r);
+        }
+        // a third for one client is over its cap, even when the client forges an
+        // earlier hop: only what the proxy appended (the rightmost) counts
+        let (status, _) = stream_as(&proxy, &s, "203.0.113.99, 198.51.100.1").await;
+        assert_eq!(status, 429, "forged hop (h1 only: {h1_only})");
+        let (status, _) = stream_as(&proxy, &s, "198.51.100.2").await;
+        assert_eq!(status, 429, "(h1 only: {h1_only})");
+        // another client through the same proxy is still served
+        let (status, r) = stream_as(&proxy, &s, "198.51.100.3").await;
+        assert_eq!(status, 200);
+        open.extend(r);
+
+        // an untrusted peer's header is ignored: it is one address with a cap of 2
+        let direct = client_at("127.0.0.4", h1_only);
+        let mut mine = Vec::new();
+        for (i, who) in ["198.51.100.7", "198.51.100.8", "198.51.100.9"]
+            .iter()
+            .enumerate()
+        {
+            let (status, r) = stream_as(&direct, &s, who).await;
+            let want = if i < 2 { 200 } else { 429 };
+            assert_eq!(
+                status, want,
+                "untrusted peer, stream {i} (h1 only: {h1_only})"
+            );
+            mine.extend(r);
+        }
+        drop(open);
+        drop(mine);
+        // all released: the next round starts from nothing
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while connections(&s.base_url, "sse_stream").await > 0 {
+            assert!(Instant::now() < deadline, "streams were not released");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    healthy_from_other_ip(&s).await;
+}

@@ -6,6 +6,7 @@ mod auth;
 mod backup;
 mod body;
 mod body_deadline;
+pub mod client_ip;
 mod doctor;
 pub mod guard;
 mod jobs;

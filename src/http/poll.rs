@@ -64,7 +64,7 @@ async fn long_poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
     let _conn = ConnectionGuard::new(&st.metrics, "longpoll", http);
     let registered = st.subscribers.register(
         SubscriberInfo {
-            peer: req.peer_addr(),
+            client: super::client_ip::client_ip(&req, &st),
             subject: who.as_ref().map(|w| w.sub.clone()),
             transport: "longpoll",
             http,

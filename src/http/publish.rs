@@ -42,9 +42,9 @@ async fn publish(
     let events = parse_publish(&body, &st.config.limits)?;
     st.auth
         .authorize_publish(who.as_ref(), events.iter().map(|e| &e.topic))?;
-    let subject = match (&who, req.peer_addr()) {
+    let subject = match (&who, super::client_ip::client_ip(&req, &st)) {
         (Some(w), _) => w.sub.clone(),
-        (None, Some(peer)) => format!("ip:{}", peer.ip()),
+        (None, Some(ip)) => format!("ip:{ip}"),
         (None, None) => "anonymous".to_string(),
     };
     st.publish_rate

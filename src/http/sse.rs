@@ -95,7 +95,7 @@ async fn stream(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
     };
     let registered = st.subscribers.register(
         SubscriberInfo {
-            peer: req.peer_addr(),
+            client: super::client_ip::client_ip(&req, &st),
             subject: who.as_ref().map(|w| w.sub.clone()),
             transport,
             http,

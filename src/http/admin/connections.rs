@@ -62,7 +62,7 @@ async fn list(
             id: e.id,
             peer: e
                 .info
-                .peer
+                .client
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
             subject: e

@@ -116,7 +116,7 @@ async fn login(
     if form.csrf.is_empty() || !cookie.is_some_and(|c| same_secret(&c, &form.csrf)) {
         return Err(AdminError::Csrf);
     }
-    let ip = req.peer_addr().map(|a| a.ip());
+    let ip = crate::http::client_ip::client_ip(&req, &st);
     let user = form.user.trim().to_string();
     if let Some(wait) = st.admin.throttle.locked(&user, ip) {
         tracing::warn!(target: "audit", user = %user, ip = ?ip, "login refused: locked out");
