@@ -770,3 +770,63 @@ async fn clients_behind_a_trusted_proxy_get_their_own_limits() {
     }
     healthy_from_other_ip(&s).await;
 }
+
+/// Admin form posts show their credential before their body is read: with no session
+/// (or, for the login form, no double-submit cookie) the answer comes at once, while the
+/// body deadlines are long (seen: every /admin form read its body before any check).
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_forms_are_refused_before_their_body_without_a_credential() {
+    let s = TestServer::start_with(|c| {
+        c.limits.body_idle_timeout_ms = 60_000;
+        c.limits.body_timeout_ms = 60_000;
+    })
+    .await;
+    let forms = [
+        (
+            "/admin/topics/publish",
+            "HTTP/1.1 303",
+            "location: /admin/login?next=",
+        ),
+        (
+            "/admin/tokens",
+            "HTTP/1.1 303",
+            "location: /admin/login?next=",
+        ),
+        (
+            "/admin/logout",
+            "HTTP/1.1 303",
+            "location: /admin/login?next=",
+        ),
+        ("/admin/login", "HTTP/1.1 403", "csrf"),
+    ];
+    for (path, status, says) in forms {
+        let mut conn = raw_tls(s.addr).await;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nCookie: surepush_admin=not-a-session\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ncsrf="
+        );
+        let started = Instant::now();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        // the rest of the body never comes; the answer must not wait for it
+        let (text, closed) = until_closed(&mut conn, started, Duration::from_secs(20)).await;
+        assert!(
+            closed.is_some(),
+            "{path}: held open for its body: {text:.200}"
+        );
+        eprintln!("{path}: answered and closed after {:?}", closed);
+        assert!(text.starts_with(status), "{path}: {text:.200}");
+        assert!(
+            text.to_ascii_lowercase().contains(says),
+            "{path}: {text:.400}"
+        );
+    }
+    // the API answer of a session-less admin post is JSON, not a page
+    let r = client()
+        .post(s.url("/admin/api/anything"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "login_required");
+}

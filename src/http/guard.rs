@@ -1,5 +1,6 @@
 //! Middleware run before every handler: refuses requests on connections over the
-//! per-IP limit, puts request bodies behind their deadlines (`body_deadline`), answers
+//! per-IP limit, refuses admin form posts without a session before their body is read,
+//! puts request bodies behind their deadlines (`body_deadline`), answers
 //! CORS preflights, adds CORS headers for allowed origins (credentials only for origins
 //! listed by name) and the security headers every answer carries.
 
@@ -23,6 +24,11 @@ pub async fn guard(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let hsts = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(0, |st| st.config.tls.hsts_max_age_secs)
+        .min(u64::from(u32::MAX));
+    let hsts = (req.app_config().secure() && hsts > 0).then_some(hsts);
     if req.conn_data::<ConnSlot>().is_some_and(|s| s.over_limit) && !exempt(req.path()) {
         let mut resp = ApiError::TooMany {
             code: "too_many_connections",
@@ -31,7 +37,19 @@ pub async fn guard(
         }
         .error_response();
         resp.head_mut().set_connection_type(ConnectionType::Close);
+        security_headers(resp.headers_mut(), hsts);
         return Ok(req.into_response(resp).map_into_right_body());
+    }
+    if req.method() == Method::POST && req.path().starts_with("/admin/") {
+        if let Some(st) = req.app_data::<web::Data<AppState>>() {
+            if let Err(e) = crate::http::admin::form_precheck(req.request(), st) {
+                // the body stays unread: close rather than wait for it
+                let mut resp = e.error_response();
+                resp.head_mut().set_connection_type(ConnectionType::Close);
+                security_headers(resp.headers_mut(), hsts);
+                return Ok(req.into_response(resp).map_into_right_body());
+            }
+        }
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         let limits = req.app_data::<web::Data<AppState>>().map(|st| {
@@ -82,11 +100,6 @@ pub async fn guard(
             return Ok(req.into_response(resp).map_into_right_body());
         }
     }
-    let hsts = req
-        .app_data::<web::Data<AppState>>()
-        .map_or(0, |st| st.config.tls.hsts_max_age_secs)
-        .min(u64::from(u32::MAX));
-    let hsts = (req.app_config().secure() && hsts > 0).then_some(hsts);
     let mut res = next.call(req).await?;
     security_headers(res.headers_mut(), hsts);
     if let Some((origin, grant, _)) = allowed_origin {

@@ -12,7 +12,7 @@ use super::{html, require_form, see_other, session_cookie, AdminError};
 use crate::admin::sessions::{random_hex, same_secret};
 use crate::server::AppState;
 
-const LOGIN_COOKIE: &str = "surepush_login";
+pub(super) const LOGIN_COOKIE: &str = "surepush_login";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(

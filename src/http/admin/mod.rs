@@ -6,6 +6,7 @@ mod dashboard;
 mod error;
 mod jobs;
 mod login;
+mod precheck;
 mod settings;
 mod tokens;
 mod topics;
@@ -16,6 +17,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 pub use dashboard::{stats_loop, STATS_TOPIC};
 pub use error::AdminError;
+pub use precheck::before_body as form_precheck;
 
 use crate::admin::sessions::{same_secret, Session, COOKIE};
 use crate::server::AppState;
