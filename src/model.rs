@@ -236,7 +236,12 @@ impl EventId {
     pub fn parse(s: &str) -> Result<EventId, ModelError> {
         let bad = || ModelError::BadId(s.to_string());
         let (seq, epoch) = s.split_once('-').ok_or_else(bad)?;
-        if seq.is_empty() || epoch.len() != 8 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        // from_str_radix alone would take a sign ("5-+0000001"), found by fuzzing
+        if seq.is_empty()
+            || epoch.len() != 8
+            || !seq.bytes().all(|b| b.is_ascii_digit())
+            || !epoch.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(bad());
         }
         Ok(EventId {
@@ -396,6 +401,8 @@ mod tests {
             "42-zzzzzzzz",
             "99999999999999999999999-00000000",
             "+4-00000000",
+            "333333333336-+3333333",
+            "5- 0000001",
         ] {
             assert!(EventId::parse(bad).is_err(), "{bad}");
         }

@@ -2,7 +2,7 @@
 # Installs what the tests need, then runs every check and test of the project:
 # formatting, clippy, unit tests, and the integration suites in tests/ (real TLS server on
 # 127.0.0.1, hostile proxy, SIGKILL crash rounds, slow consumers, the CLI as a process),
-# then the packages (tests/packaging.sh).
+# a short fuzzing run (tests/fuzz/run.sh), then the packages (tests/packaging.sh).
 #
 #   bash tests/run.sh
 #
@@ -49,6 +49,12 @@ cargo build --all-targets --locked
 say "tests"
 # Test binaries run one after another; tests inside each run in parallel.
 cargo test --all-targets --locked -- --test-threads="${SUREPUSH_TEST_THREADS:-4}"
+
+say "fuzz (short run)"
+# Coverage-guided fuzzing of the publish body, subscription query, ids, topic patterns,
+# token text, SSE encoder, backup reader and JSON check, from their seeds: a crash fails
+# the run. The long run: bash tests/fuzz/run.sh --runs 10000000 (figures in BENCHMARKS.md).
+bash tests/fuzz/run.sh --seconds "${SUREPUSH_FUZZ_SECONDS:-10}"
 
 say "packages"
 # Builds the .deb and .rpm from a release build (packaging/build.sh) and checks them: files,

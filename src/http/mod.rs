@@ -11,9 +11,10 @@ mod doctor;
 pub mod guard;
 mod jobs;
 mod ops;
-mod params;
+pub mod params;
 mod poll;
 mod publish;
+pub use publish::parse_publish;
 mod sse;
 
 use actix_web::{web, HttpRequest, HttpResponse};
