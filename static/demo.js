@@ -59,6 +59,7 @@
     received: [],
     statuses: [],
     resets: 0,
+    ready: [],
     errors: []
   };
   window.surepushDemo = demo;
@@ -173,6 +174,11 @@
         probeIntervalMs: num('probe_ms'),
         onEvent: onEvent,
         onStatus: onStatus,
+        onReady: function (r) {
+          r.at = new Date().getTime();
+          demo.ready.push(r);
+          text('ready', 'subscribed from ' + (r.lastId || 'now') + ' (' + r.transport + ')');
+        },
         onReset: function () {
           demo.resets += 1;
         },

@@ -11,11 +11,14 @@
  *     types: ["job.completed"],          // event types to listen for over SSE (see below)
  *     onEvent: function (ev) {},         // {id, topic, type, data, time}: exactly once, in order
  *     onStatus: function (st) {},        // {state, event, transport, reason, lastId, ...}
+ *     onReady: function (r) {},          // {lastId, transport}: once, when the server has the
+ *                                        // subscription at a fixed position; every event
+ *                                        // published from then on is delivered
  *     onReset: function (info) {},       // the server could not resume: reload your state
  *     onError: function (err) {}         // a fatal answer (400/401/403/404): {status, code, message}
  *   });
  *   sub.on("job.completed", fn);         // events of one type; "*" = every event
- *   sub.on("surepush.status", fn);       // also "surepush.reset", "surepush.error"
+ *   sub.on("surepush.status", fn);       // also "surepush.ready", "surepush.reset", "surepush.error"
  *   sub.transport;                       // "sse" | "sse-close" | "longpoll"
  *   sub.reason;                          // why it is not plain "sse" ("" when it is)
  *   sub.setToken(newJwt);                // reconnect with a fresh token
@@ -85,6 +88,7 @@
   var CALLBACKS = {
     onEvent: '*',
     onStatus: 'surepush.status',
+    onReady: 'surepush.ready',
     onReset: 'surepush.reset',
     onError: 'surepush.error'
   };
@@ -240,6 +244,7 @@
     this._stalls = [];
     this._epoch = '';
     this._pinned = false;
+    this._isReady = false;
     this._hadErrors = false;
     this._restarted = false;
     this._probeDue = false;
@@ -259,7 +264,7 @@
 
   // ---------------------------------------------------------------- public API
 
-  /** Adds a handler: an event type, "*" (every event) or "surepush.status|reset|error". */
+  /** Adds a handler: an event type, "*" (every event) or "surepush.status|ready|reset|error". */
   P.on = function (name, fn) {
     if (typeof fn !== 'function') throw new Error('SurePush: on(' + name + ') needs a function');
     name = String(name);
@@ -376,12 +381,14 @@
     if (level === STREAM) this.reason = '';
     this.state = 'connecting';
     this._status('connecting');
-    if (level === LONGPOLL) {
-      this._poll();
-      return;
-    }
+    // Every transport starts from a fixed position: a fresh subscription first asks
+    // where "now" is, so a first request that dies before its answer loses nothing.
     if (!this.lastId && !this._pinned) {
       this._pin(level);
+      return;
+    }
+    if (level === LONGPOLL) {
+      this._poll();
       return;
     }
     var self = this;
@@ -393,7 +400,9 @@
   };
 
   // A fresh subscription ("from now") first asks where "now" is, so that nothing published
-  // while the canary decides (and the first transport possibly fails) can slip through.
+  // while the canary decides (and the first transport possibly fails) can slip through. The
+  // answer is also the subscription's ready signal: the server accepted token and topics,
+  // and everything published after it will be delivered.
   P._pin = function (level) {
     var self = this;
     var conn = { kind: 'xhr', level: level, role: 'main', dead: false };
@@ -405,6 +414,7 @@
         self._noteEpoch(res.body.last_id);
         if (!self.lastId && res.body.last_id) self._setLast(String(res.body.last_id));
         self._pinned = true;
+        self._ready(level);
         self._connect(level);
       } else {
         self._failed(level, res);
@@ -663,7 +673,9 @@
   // ---------------------------------------------------------------- long polling
 
   P._poll = function () {
-    var conn = { kind: 'xhr', level: LONGPOLL, role: 'main', dead: false, ok: false, lastRx: now() };
+    // The first request of a connection asks with timeout=0: its answer (at once) is the
+    // proof the path works, instead of up to pollTimeoutSecs later.
+    var conn = { kind: 'xhr', level: LONGPOLL, role: 'main', dead: false, ok: false, first: true, lastRx: now() };
     this._main = conn;
     this._pollOnce(conn);
   };
@@ -672,9 +684,11 @@
     var self = this;
     var o = this.options;
     var started = now();
+    var waitSecs = conn.first ? 0 : o.pollTimeoutSecs;
+    conn.first = false;
     var params = [
       ['since', this.lastId],
-      ['timeout', String(o.pollTimeoutSecs)],
+      ['timeout', String(waitSecs)],
       ['limit', String(o.pollLimit)],
       ['transport', 'longpoll']
     ];
@@ -697,7 +711,7 @@
       if (conn.dead || self._closed) return;
       // An empty answer long before the timeout (a server stopping, a meddling proxy):
       // do not spin.
-      var quick = !res.body.events.length && now() - started < 1000;
+      var quick = waitSecs > 0 && !res.body.events.length && now() - started < 1000;
       if (quick) {
         conn.req = { abort: function () {} };
         var timer = later(function () {
@@ -734,6 +748,7 @@
       this._rememberPending = false;
     }
     this.state = 'connected';
+    this._ready(level);
     this._status('connected');
     if (level > STREAM && this._forced < 0 && root.EventSource) {
       if (!this._fallbackAt) this._fallbackAt = now();
@@ -743,6 +758,15 @@
     }
     this._restarted = false;
     this._probeDue = false;
+  };
+
+  // Once per subscription, as soon as the server has confirmed it at a fixed position
+  // (the pin's answer, or the first hello / poll answer when the position was known):
+  // from then on every event published is delivered.
+  P._ready = function (level) {
+    if (this._isReady) return;
+    this._isReady = true;
+    this._emit('surepush.ready', { lastId: this.lastId, transport: NAMES[level] });
   };
 
   P._stepDown = function (reason) {

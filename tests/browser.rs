@@ -360,6 +360,138 @@ async fn without_eventsource_it_long_polls() {
     );
 }
 
+/// IE11's path: without EventSource a fresh subscription went straight to its first long
+/// poll with no position; when that poll died before its answer, the retry had none either
+/// and everything published meanwhile was skipped (seen: a 2.3 s outage during the first
+/// poll, 22/100 delivered). The position is now fixed first, on every transport.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_eventsource_an_outage_during_the_first_poll_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(b) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let proxy = HostileProxy::start(ProxyMode::Pass, server.addr, true).await;
+    b.before_page_scripts("delete window.EventSource; window.EventSource = undefined;")
+        .await;
+    let topic = "old/outage";
+    // a fresh subscription: no `since`
+    b.goto(&format!("{}/demo?topic={topic}", proxy.base_url()))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while connections(&server.base_url, "longpoll").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no long poll reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the path dies while the poll waits; events are published during the outage
+    proxy.set_down(true);
+    let mut want = publish_batch(&server.base_url, topic, 50, 0).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    proxy.set_down(false);
+    want.extend(publish_batch(&server.base_url, topic, 50, 50).await);
+    wait_for(&b, "all 100 events", Duration::from_secs(45), |s| {
+        ids(s).len() >= 100
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = state(&b).await;
+    assert_exactly(&s, &want, "outage during the first long poll");
+    assert_eq!(s["resets"], 0, "nothing to reset: the position was known");
+    assert_eq!(s["transport"], "longpoll");
+}
+
+/// Every transport says when the subscription is in place ("ready", with the position it
+/// starts from), before anything is published, through every proxy mode, with and
+/// without EventSource; an event published right after it arrives. Seen: long polling
+/// said `connected` only with its first answer, up to 25 s later.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_transport_signals_ready_before_the_first_event() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start().await;
+    let marker = server.publish("ready/resumed", json!("marker")).await;
+    let cases = [
+        ("pass", ProxyMode::Pass, true, ""),
+        ("buffer-until-close", ProxyMode::BufferUntilClose, true, ""),
+        ("http10", ProxyMode::Http10, true, ""),
+        (
+            "idle-kill",
+            ProxyMode::IdleKill(Duration::from_secs(5)),
+            true,
+            "",
+        ),
+        ("no-es-pass", ProxyMode::Pass, false, ""),
+        ("no-es-buffer", ProxyMode::BufferUntilClose, false, ""),
+        (
+            "no-es-idle-kill",
+            ProxyMode::IdleKill(Duration::from_secs(5)),
+            false,
+            "",
+        ),
+        ("no-es-resumed", ProxyMode::Pass, false, marker.as_str()),
+    ];
+    for (label, mode, eventsource, since) in cases {
+        let Some(b) = Browser::launch().await else {
+            return;
+        };
+        if !eventsource {
+            b.before_page_scripts("delete window.EventSource; window.EventSource = undefined;")
+                .await;
+        }
+        let proxy = HostileProxy::start(mode, server.addr, true).await;
+        let topic = if since.is_empty() {
+            format!("ready/{label}")
+        } else {
+            "ready/resumed".to_string()
+        };
+        b.goto(&format!(
+            "{}/demo?topic={topic}&since={since}",
+            proxy.base_url()
+        ))
+        .await;
+        let s = wait_for(
+            &b,
+            &format!("{label}: ready"),
+            Duration::from_secs(20),
+            |s| s["ready"].as_array().is_some_and(|r| !r.is_empty()),
+        )
+        .await;
+        let ready = &s["ready"][0];
+        assert!(
+            ready["lastId"].as_str().is_some_and(|id| !id.is_empty()),
+            "{label}: ready names its position: {ready}"
+        );
+        assert!(
+            ["sse", "sse-close", "longpoll"].contains(&ready["transport"].as_str().unwrap_or("")),
+            "{label}: {ready}"
+        );
+        if !eventsource {
+            assert_eq!(ready["transport"], "longpoll", "{label}");
+        }
+        assert!(ids(&s).is_empty(), "{label}: nothing was published yet");
+        let id = server.publish(&topic, json!({ "after": "ready" })).await;
+        let s = wait_for(
+            &b,
+            &format!("{label}: the event after ready"),
+            Duration::from_secs(30),
+            |s| ids(s).contains(&id),
+        )
+        .await;
+        assert_eq!(ids(&s), vec![id.clone()], "{label}");
+        assert_eq!(
+            s["ready"].as_array().map(Vec::len),
+            Some(1),
+            "{label}: ready comes once"
+        );
+        eprintln!(
+            "BROWSER-READY | {label:<18} | ready on {} at {} | then {}",
+            ready["transport"], ready["lastId"], s["transport"]
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn server_restart_mid_stream_loses_nothing() {
     let _serial = SERIAL.lock().await;

@@ -411,7 +411,8 @@ pub async fn publish_batch(base: &str, topic: &str, n: usize, first: usize) -> V
 }
 
 /// What the demo page has seen: transport, reason, state, received ids (with arrival
-/// times), resets, and the status events as "event:transport:reason:time".
+/// times), resets, ready signals ({lastId, transport, at}), and the status events as
+/// "event:transport:reason:time".
 pub const STATE_JS: &str = r#"
   var d = window.surepushDemo;
   if (!d || !d.sub) return null;
@@ -422,6 +423,7 @@ pub const STATE_JS: &str = r#"
     ids: d.received.map(function (e) { return e.id; }),
     at: d.received.map(function (e) { return e.at; }),
     resets: d.resets,
+    ready: d.ready,
     errors: d.errors,
     duplicates: d.sub.duplicates,
     statuses: d.statuses.map(function (s) {

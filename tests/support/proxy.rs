@@ -37,14 +37,16 @@
 //!   connection. Streaming still works but there is no chunked framing.
 //!
 //! [`HostileProxy::drop_connections`] cuts every open connection (clients see
-//! EOF or a reset) to simulate a proxy restart or a network blip. Dropping the
+//! EOF or a reset) to simulate a proxy restart or a network blip;
+//! [`HostileProxy::set_down`] makes an outage of it: open connections are cut and
+//! new ones closed at once until it is set up again. Dropping the
 //! [`HostileProxy`] stops the accept loop and every connection task.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -97,6 +99,7 @@ pub enum ProxyMode {
 pub struct HostileProxy {
     addr: SocketAddr,
     accepted: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
     conns: Arc<ConnRegistry>,
     accept_task: JoinHandle<()>,
 }
@@ -117,16 +120,19 @@ impl HostileProxy {
             tls,
         });
         let accepted = Arc::new(AtomicU64::new(0));
+        let down = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(ConnRegistry::default());
         let accept_task = tokio::spawn(accept_loop(
             listener,
             ctx,
             Arc::clone(&accepted),
+            Arc::clone(&down),
             Arc::clone(&conns),
         ));
         HostileProxy {
             addr,
             accepted,
+            down,
             conns,
             accept_task,
         }
@@ -146,6 +152,14 @@ impl HostileProxy {
     /// New connections are still accepted.
     pub fn drop_connections(&self) {
         self.conns.abort_all();
+    }
+
+    /// An outage while `down`: open connections are cut, new ones closed at once.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.conns.abort_all();
+        }
     }
 
     /// Number of client connections accepted so far.
@@ -217,6 +231,7 @@ async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<Ctx>,
     accepted: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
     conns: Arc<ConnRegistry>,
 ) {
     let mut next_id: u64 = 0;
@@ -229,6 +244,10 @@ async fn accept_loop(
                 continue;
             }
         };
+        if down.load(Ordering::SeqCst) {
+            drop(sock);
+            continue;
+        }
         accepted.fetch_add(1, Ordering::SeqCst);
         let _ = sock.set_nodelay(true);
         let id = next_id;
