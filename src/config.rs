@@ -482,14 +482,7 @@ impl Config {
                 continue;
             }
             let v = if key_is_array(&known, &path) {
-                toml::Value::Array(
-                    value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| toml::Value::String(s.to_string()))
-                        .collect(),
-                )
+                env_list(&name, &value)?
             } else {
                 env_value(&value)
             };
@@ -649,6 +642,45 @@ fn optional_leaf(table: &[String], key: &str) -> bool {
         || (table == ["auth"] && matches!(key, "key_file" | "public_key_file"))
 }
 
+/// A list-valued environment variable: `a, b` (comma-separated), or a TOML/JSON list
+/// `["a", "b"]`. Seen: `["http://x"]` silently became the one literal origin `["http://x"]`.
+fn env_list(name: &str, raw: &str) -> Result<toml::Value, ConfigError> {
+    let trimmed = raw.trim();
+    if trimmed.starts_with('[') {
+        let table: toml::Table = toml::from_str(&format!("v = {trimmed}")).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "{name} is not a list: write a, b or [\"a\", \"b\"] ({})",
+                e.message()
+            ))
+        })?;
+        let list = table
+            .get("v")
+            .cloned()
+            .unwrap_or(toml::Value::Array(Vec::new()));
+        if let toml::Value::Array(items) = &list {
+            if let Some(other) = items.iter().find(|v| !v.is_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: list items must be strings, found {other}"
+                )));
+            }
+        }
+        return Ok(list);
+    }
+    if trimmed.contains(['"', '\'']) {
+        return Err(ConfigError::Invalid(format!(
+            "{name} has quotes outside a [...] list: write a, b or [\"a\", \"b\"]"
+        )));
+    }
+    Ok(toml::Value::Array(
+        trimmed
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| toml::Value::String(s.to_string()))
+            .collect(),
+    ))
+}
+
 /// An environment value as TOML: booleans and numbers keep their type, anything else is a string.
 fn env_value(raw: &str) -> toml::Value {
     if let Ok(b) = raw.parse::<bool>() {
@@ -771,6 +803,51 @@ mod tests {
         .unwrap();
         assert!(w.is_empty());
         assert_eq!(c.cert_path(), PathBuf::from("/etc/c.pem"));
+    }
+
+    #[test]
+    fn list_variables_take_commas_or_a_list() {
+        let load = |v: &str| {
+            Config::load(
+                None,
+                env(&[("SUREPUSH_CORS__ALLOWED_ORIGINS", v)]),
+                &Overrides::default(),
+            )
+            .map(|(c, _)| c.cors.allowed_origins)
+        };
+        let both = vec![
+            "http://a.example".to_string(),
+            "https://b.example".to_string(),
+        ];
+        assert_eq!(load("http://a.example, https://b.example").unwrap(), both);
+        assert_eq!(
+            load("[\"http://a.example\", \"https://b.example\"]").unwrap(),
+            both
+        );
+        assert_eq!(
+            load(" ['http://a.example','https://b.example'] ").unwrap(),
+            both
+        );
+        assert_eq!(load("[]").unwrap(), Vec::<String>::new());
+        // seen: the JSON list became the one literal origin `["http://a.example"]`
+        for bad in ["[\"http://a.example\"", "\"http://a.example\"", "[1, 2]"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("SUREPUSH_CORS__ALLOWED_ORIGINS") || e.contains("allowed_origins"),
+                "{bad}: {e}"
+            );
+        }
+        let e = Config::load(
+            None,
+            env(&[(
+                "SUREPUSH_SERVER__TRUSTED_PROXIES",
+                "[\"10.0.0.0/8\", \"::1\"]",
+            )]),
+            &Overrides::default(),
+        )
+        .unwrap()
+        .0;
+        assert_eq!(e.server.trusted_proxies.len(), 2);
     }
 
     #[test]
