@@ -88,7 +88,17 @@
     }
   }
 
+  /** A streamed probe this much later than the long poll's (both sent one second after
+   * their request arrived; the long poll's answer has a length, so nothing holds it) was
+   * held on the way. */
+  var HELD_WRITES_MS = 150;
+
   function verdict(s, c, l) {
+    var lag = s.state === 'ok' && l.state === 'ok' ? s.probe - l.probe : 0;
+    if (lag >= HELD_WRITES_MS) {
+      return ['Live updates work here through streaming (Server-Sent Events), but each one arrives about ' + ms(lag) + ' late: a proxy on this network holds small writes back.',
+        'On HAProxy (which does this by default, about 200 ms per update), set option http-no-delay for this server.', 'ok'];
+    }
     if (s.state === 'ok') return ['Live updates work well here: surepush uses streaming (Server-Sent Events).', 'Nothing needs to change.', 'ok'];
     if (c.state === 'ok') return ['Live updates work here. A proxy on this network holds back streamed responses, so surepush will deliver each update as its own short response (SSE close mode). Updates still arrive at once.', s.state === 'buffered' ? 'For the best result, ask the network team to turn off response buffering for this server (for example proxy_buffering off in nginx).' : '', 'ok'];
     if (l.state === 'ok') return ['Live updates work here through long polling. Streaming does not get through this network, so surepush falls back to long polling: updates still arrive within a second or so.', 'If you can, ask the network team to let Server-Sent Events (text/event-stream) through without buffering.', 'warn'];

@@ -989,6 +989,22 @@ async fn network_doctor_tells_streaming_from_a_buffering_proxy() {
             "advice for the network team"
         );
         shot(&b, "doctor-buffering-proxy.png").await;
+
+        // HAProxy's default: every streamed write held ~200 ms. Streaming works, late,
+        // and the advice names the setting.
+        let slow = HostileProxy::start(
+            ProxyMode::DelayWrites(std::time::Duration::from_millis(300)),
+            s.addr,
+            true,
+        )
+        .await;
+        let (verdict, stream) = doctor_verdict(&b, &format!("{}/doctor", slow.base_url())).await;
+        assert_eq!((verdict.as_str(), stream.as_str()), ("sse", "ok"));
+        let said = text(&b, "#verdict").await + &text(&b, "#advice").await;
+        assert!(
+            said.contains("late") && said.contains("http-no-delay"),
+            "{said}"
+        );
     })
     .await;
 }

@@ -136,6 +136,37 @@ async fn through_a_passing_proxy_streaming_works() {
     assert!(text.contains("Result: ok"), "{text}");
 }
 
+/// HAProxy without `option http-no-delay` holds each streamed event ~200 ms: streaming
+/// "works", late. The doctor names the delay and the setting; without it, it says nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_a_proxy_that_holds_small_writes_it_names_http_no_delay() {
+    let server = TestServer::start().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let slow = HostileProxy::start(
+        ProxyMode::DelayWrites(std::time::Duration::from_millis(250)),
+        server.addr,
+        true,
+    )
+    .await;
+    let (code, r) = doctor_json(cwd.path(), &[&slow.base_url()]).await;
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(
+        r["remote"]["transports"]["sse_stream"]["status"], "ok",
+        "{r:#}"
+    );
+    let v = verdict(&r);
+    assert!(
+        v.contains("holds small writes back") && v.contains("option http-no-delay"),
+        "{r:#}"
+    );
+    let (_, text) = doctor_text(cwd.path(), &[&slow.base_url()]).await;
+    assert!(text.contains("option http-no-delay"), "{text}");
+
+    let fast = HostileProxy::start(ProxyMode::Pass, server.addr, true).await;
+    let (_, r) = doctor_json(cwd.path(), &[&fast.base_url()]).await;
+    assert!(!verdict(&r).contains("http-no-delay"), "{r:#}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn through_a_buffering_proxy_the_stream_is_buffered_and_the_fallbacks_work() {
     let server = TestServer::start().await;

@@ -30,6 +30,10 @@
 //! * [`ProxyMode::IdleKill`]: pass-through, but a connection on which no byte
 //!   moved in either direction for the given duration has both sides closed.
 //!   Models idle timeouts of load balancers; heartbeats must beat it.
+//! * [`ProxyMode::DelayWrites`]: pass-through, but each write of a streamed body (chunked
+//!   or delimited by EOF) goes out only after the given delay, as HAProxy without
+//!   `option http-no-delay` holds small writes (~200 ms each). Bodies with a
+//!   `Content-Length` pass at once.
 //! * [`ProxyMode::Http10`]: speaks HTTP/1.0 on both sides. The request goes
 //!   upstream as `HTTP/1.0`; the client gets an `HTTP/1.0` status line, no
 //!   `Transfer-Encoding` (chunked bodies are de-chunked on the fly), no added
@@ -92,6 +96,9 @@ pub enum ProxyMode {
     /// Speak HTTP/1.0 on both sides: no chunked encoding, no keep-alive, body
     /// delimited by closing the connection.
     Http10,
+    /// Pass-through, but each write of a streamed (not Content-Length) body waits this
+    /// long first.
+    DelayWrites(Duration),
 }
 
 /// A reverse proxy on `127.0.0.1` that forwards to one upstream, misbehaving
@@ -551,7 +558,10 @@ where
 
     // Body.
     let threshold: Option<usize> = match mode {
-        ProxyMode::Pass | ProxyMode::IdleKill(_) | ProxyMode::Http10 => Some(0),
+        ProxyMode::Pass
+        | ProxyMode::IdleKill(_)
+        | ProxyMode::Http10
+        | ProxyMode::DelayWrites(_) => Some(0),
         ProxyMode::BufferUntilClose => match framing {
             Framing::Length(_) => Some(0),
             _ => None,
@@ -563,9 +573,17 @@ where
     let mut held: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; READ_BUF];
     framer.feed(&pending, &mut held);
+    let write_delay = match (mode, framing) {
+        (ProxyMode::DelayWrites(_), Framing::Length(_) | Framing::Empty) => None,
+        (ProxyMode::DelayWrites(d), _) => Some(d),
+        _ => None,
+    };
     loop {
         if let Some(t) = threshold {
             if !held.is_empty() && held.len() >= t {
+                if let Some(d) = write_delay {
+                    tokio::time::sleep(d).await;
+                }
                 client.write_all(&held).await?;
                 client.flush().await?;
                 held.clear();

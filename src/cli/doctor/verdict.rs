@@ -40,6 +40,18 @@ pub fn report_probe(name: &'static str, p: &Probe, any_ok: bool, report: &mut Re
     report.add(SERVER, name, status, text);
 }
 
+/// A streamed event this much later than its publish answer was held on the way (on
+/// loopback or a LAN it takes a few milliseconds).
+const HELD_WRITES_MS: f64 = 150.0;
+
+/// How long after the publish was answered (the event durable) the stream delivered it.
+fn stream_lag_ms(stream: &Probe) -> Option<f64> {
+    if stream.status != Outcome::Ok {
+        return None;
+    }
+    Some(stream.event_ms? - stream.publish_ms?)
+}
+
 /// The plain-words conclusion about delivery, and the final status of each transport.
 pub fn verdict(
     stream: &Probe,
@@ -96,6 +108,12 @@ pub fn verdict(
         v.push(format!(
             "The fallbacks failed ({}): clients behind a buffering proxy would get nothing here.",
             broken.join(", ")
+        ));
+    }
+    if let Some(lag) = stream_lag_ms(stream).filter(|lag| *lag >= HELD_WRITES_MS) {
+        v.push(format!(
+            "Streamed events arrive about {} after they are stored: something on this path holds small writes back. HAProxy does so by default (about 200 ms per event); `option http-no-delay` in its frontend or backend for this server removes it.",
+            human_ms(lag)
         ));
     }
     if let (Some(client), Some(server)) = (&facts.http_version, &facts.server_http_version) {
