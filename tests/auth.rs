@@ -284,6 +284,46 @@ async fn a_stream_ends_when_its_token_expires() {
     );
 }
 
+/// What CORS granted an answer: `Access-Control-Allow-Origin` and `-Allow-Credentials`.
+fn cors_grant(r: &reqwest::Response) -> (Option<String>, Option<String>) {
+    let h = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    (
+        h("access-control-allow-origin"),
+        h("access-control-allow-credentials"),
+    )
+}
+
+/// A read of `/v1/events` from a page of `origin`.
+async fn cors_read(c: &reqwest::Client, s: &TestServer, origin: &str) -> reqwest::Response {
+    c.get(s.url("/v1/events?topic=a"))
+        .header("Origin", origin)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The preflight of a publish from a page of `origin`.
+async fn cors_preflight(c: &reqwest::Client, s: &TestServer, origin: &str) -> reqwest::Response {
+    c.request(reqwest::Method::OPTIONS, s.url("/v1/publish"))
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap()
+}
+
+fn granted(origin: &str, credentials: bool) -> (Option<String>, Option<String>) {
+    (
+        Some(origin.to_string()),
+        credentials.then(|| "true".to_string()),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cors_for_allowed_origins_only() {
     let s = TestServer::start_with(|c| {
@@ -313,32 +353,12 @@ async fn cors_for_allowed_origins_only() {
         .to_str()
         .unwrap()
         .contains("Last-Event-ID"));
-    let r = c
-        .get(s.url("/v1/events?topic=a"))
-        .header("Origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.headers()["access-control-allow-origin"],
-        "https://app.example"
-    );
-    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
-    let r = c
-        .get(s.url("/v1/events?topic=a"))
-        .header("Origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.headers().get("access-control-allow-origin").is_none());
-    let pre = c
-        .request(reqwest::Method::OPTIONS, s.url("/v1/publish"))
-        .header("Origin", "https://evil.example")
-        .header("Access-Control-Request-Method", "POST")
-        .send()
-        .await
-        .unwrap();
-    assert!(pre.headers().get("access-control-allow-origin").is_none());
+    let r = cors_read(&c, &s, "https://app.example").await;
+    assert_eq!(cors_grant(&r), granted("https://app.example", true));
+    let r = cors_read(&c, &s, "https://evil.example").await;
+    assert_eq!(cors_grant(&r), (None, None));
+    let pre = cors_preflight(&c, &s, "https://evil.example").await;
+    assert_eq!(cors_grant(&pre), (None, None));
 }
 
 /// `*` grants pages of any origin what needs no credentials: answers carry
@@ -352,45 +372,15 @@ async fn cors_star_is_anonymous_and_null_is_never_credentialed() {
     .await;
     let c = client();
     for origin in ["https://evil.example", "null"] {
-        let r = c
-            .get(s.url("/v1/events?topic=a"))
-            .header("Origin", origin)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.headers()["access-control-allow-origin"], "*", "{origin}");
-        assert!(
-            r.headers()
-                .get("access-control-allow-credentials")
-                .is_none(),
-            "{origin}"
-        );
-        let pre = c
-            .request(reqwest::Method::OPTIONS, s.url("/v1/publish"))
-            .header("Origin", origin)
-            .header("Access-Control-Request-Method", "POST")
-            .send()
-            .await
-            .unwrap();
+        let r = cors_read(&c, &s, origin).await;
+        assert_eq!(cors_grant(&r), granted("*", false), "{origin}");
+        let pre = cors_preflight(&c, &s, origin).await;
         assert_eq!(pre.status(), 204);
-        assert_eq!(pre.headers()["access-control-allow-origin"], "*");
-        assert!(pre
-            .headers()
-            .get("access-control-allow-credentials")
-            .is_none());
+        assert_eq!(cors_grant(&pre), granted("*", false), "{origin}");
     }
     // an origin listed by name keeps its credentials
-    let r = c
-        .get(s.url("/v1/events?topic=a"))
-        .header("Origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.headers()["access-control-allow-origin"],
-        "https://app.example"
-    );
-    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    let r = cors_read(&c, &s, "https://app.example").await;
+    assert_eq!(cors_grant(&r), granted("https://app.example", true));
 }
 
 /// A write authenticated by the cookie needs a page of this server or of an origin

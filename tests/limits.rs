@@ -432,20 +432,7 @@ async fn total_connection_cap_queues_the_excess_without_failing_it() {
 
 /// A TLS connection that trusts any certificate (raw bytes on top, for hostile clients).
 async fn raw_tls(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    init();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CertRecorder::default()))
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap()
+    tls_over(tokio::net::TcpStream::connect(addr).await.unwrap(), &[]).await
 }
 
 /// Reads until the server closes (or `wait` passes): what it sent, and when it closed.
@@ -553,21 +540,11 @@ async fn http2_streams_are_bounded_and_counted_per_address() {
         ],
     );
     // the bound is announced
-    init();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CertRecorder::default()))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tls_over(
+        tokio::net::TcpStream::connect(s.addr).await.unwrap(),
+        &[b"h2"],
+    )
+    .await;
     let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(conn);
     let req = http::Request::get("https://localhost/healthz")

@@ -196,7 +196,7 @@ impl EventLog {
             stored::segment_bytes(config),
             next_seq,
             true,
-            &mut |seq, rec| stored::index_record(&mut index, &trimmed, seq, rec),
+            &mut |seq, topic| stored::index_topic(&mut index, &trimmed, seq, topic),
         )?;
         stored::absorb_sled_events(&db, &tree, &segments, next_seq, &mut index, &trimmed)?;
         stored::drop_sled_index(&db, &tree)?;

@@ -57,7 +57,8 @@ struct State {
 }
 
 impl State {
-    fn note(&mut self, seq: u64, offset: u64, payload: &[u8]) {
+    /// Counts a record in; returns its topic (None when its head does not decode).
+    fn note<'p>(&mut self, seq: u64, offset: u64, payload: &'p [u8]) -> Option<&'p str> {
         let rec_len = (HEADER + payload.len()) as u64;
         let last_sparse = self.sparse.last().map(|&(_, o)| o);
         if last_sparse.is_none_or(|o| offset >= o + SPARSE_EVERY) {
@@ -67,14 +68,14 @@ impl State {
         self.last_seq = seq;
         self.records += 1;
         self.len = offset + rec_len;
-        if let Ok(head) = decode_head(payload) {
-            let span = match self.topics.get_mut(head.topic) {
-                Some(s) => s,
-                None => self.topics.entry(head.topic.into()).or_default(),
-            };
-            span.bytes += rec_len;
-            span.last_seq = seq;
-        }
+        let head = decode_head(payload).ok()?;
+        let span = match self.topics.get_mut(head.topic) {
+            Some(s) => s,
+            None => self.topics.entry(head.topic.into()).or_default(),
+        };
+        span.bytes += rec_len;
+        span.last_seq = seq;
+        Some(head.topic)
     }
 }
 
@@ -242,13 +243,13 @@ impl Segment {
         Segment::open_reading(path, name_seq, below, repair, &mut |_, _| {})
     }
 
-    /// `open`, calling `each` with every valid record (seq and payload) it reads.
+    /// `open`, calling `each` with every valid record it reads (seq and topic).
     pub fn open_reading(
         path: &Path,
         name_seq: u64,
         below: u64,
         repair: bool,
-        each: &mut dyn FnMut(u64, &[u8]),
+        each: &mut dyn FnMut(u64, &str),
     ) -> io::Result<(Segment, Opened)> {
         let file = OpenOptions::new().read(true).write(repair).open(path)?;
         let file_len = file.metadata()?.len();
@@ -275,8 +276,9 @@ impl Segment {
                             && seq < below
                             && state.first_seq.is_none_or(|_| seq > state.last_seq) =>
                     {
-                        state.note(seq, offset, &payload);
-                        each(seq, &payload);
+                        if let Some(topic) = state.note(seq, offset, &payload) {
+                            each(seq, topic);
+                        }
                     }
                     _ => break,
                 }

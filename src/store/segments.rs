@@ -50,7 +50,7 @@ impl Segments {
         segment_bytes: u64,
         next_seq: u64,
         repair: bool,
-        each: &mut dyn FnMut(u64, &[u8]),
+        each: &mut dyn FnMut(u64, &str),
     ) -> io::Result<Segments> {
         let dir = db_dir.join(DIR);
         if repair {

@@ -119,18 +119,7 @@ pub fn absorb_sled_events(
     segments.sync()?;
     // The marker first: with the keys gone, it alone says where the seqs go on.
     tree.insert(keys::meta(meta::NEXT_SEQ), &next_seq.to_be_bytes())?;
-    loop {
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for kv in tree.scan_prefix([keys::EVENT]).keys().take(10_000) {
-            batch.remove(kv?);
-            n += 1;
-        }
-        if n == 0 {
-            break;
-        }
-        tree.apply_batch(batch)?;
-    }
+    remove_prefix(tree, keys::EVENT)?;
     db.flush()?;
     tracing::info!(
         events = moved,
@@ -142,9 +131,14 @@ pub fn absorb_sled_events(
 /// Adds a stored record to the index being built, unless retention removed it.
 pub fn index_record(index: &mut IndexBuilder, trimmed: &Trimmed, seq: u64, record: &[u8]) {
     if let Ok(h) = decode_head(record) {
-        if trimmed.alive(seq, h.topic) {
-            index.push(h.topic, seq);
-        }
+        index_topic(index, trimmed, seq, h.topic);
+    }
+}
+
+/// The same for a record whose topic is already decoded (segments at open).
+pub fn index_topic(index: &mut IndexBuilder, trimmed: &Trimmed, seq: u64, topic: &str) {
+    if trimmed.alive(seq, topic) {
+        index.push(topic, seq);
     }
 }
 
@@ -152,20 +146,7 @@ pub fn index_record(index: &mut IndexBuilder, trimmed: &Trimmed, seq: u64, recor
 /// database not yet opened by this build, or one just restored from an older backup):
 /// the index is built from the segments now. In chunks; safe to cut at any point.
 pub fn drop_sled_index(db: &sled::Db, tree: &sled::Tree) -> Result<(), StoreError> {
-    let mut removed = 0u64;
-    loop {
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for k in tree.scan_prefix([keys::INDEX]).keys().take(10_000) {
-            batch.remove(k?);
-            n += 1;
-        }
-        if n == 0 {
-            break;
-        }
-        tree.apply_batch(batch)?;
-        removed += n;
-    }
+    let removed = remove_prefix(tree, keys::INDEX)?;
     if removed > 0 {
         db.flush()?;
         tracing::info!(
@@ -174,6 +155,25 @@ pub fn drop_sled_index(db: &sled::Db, tree: &sled::Tree) -> Result<(), StoreErro
         );
     }
     Ok(())
+}
+
+/// Removes every key under a one-byte prefix, 10 000 keys per batch (a batch is atomic;
+/// cut between batches, what is left is removed the next time). Returns how many.
+fn remove_prefix(tree: &sled::Tree, prefix: u8) -> Result<u64, StoreError> {
+    let mut removed = 0u64;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0u64;
+        for k in tree.scan_prefix([prefix]).keys().take(10_000) {
+            batch.remove(k?);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(removed);
+        }
+        tree.apply_batch(batch)?;
+        removed += n;
+    }
 }
 
 /// The live events a backup copies: any left under sled `e` keys (a database not yet

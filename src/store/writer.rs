@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::job_ops::{JobOp, JobReply};
 use super::log::{NewEvent, Shared};
 use super::meta::{self, TopicMeta};
-use super::record::{decode_record, encode_record, event_json};
+use super::record::{decode_head, decode_record, encode_record, event_json};
 use super::retention::TrimPlan;
 use super::{keys, now_ms, StoreError};
 use crate::config::{Durability, StorageConfig};
@@ -188,8 +188,6 @@ pub(super) struct EventBatch {
     pub batch: sled::Batch,
     pub metas: HashMap<Topic, TopicMeta>,
     pub records: Vec<(u64, Vec<u8>)>,
-    /// The staged events' topics and seqs, for the in-memory index.
-    pub indexed: Vec<(Topic, u64)>,
 }
 
 impl Commit {
@@ -316,7 +314,6 @@ impl Writer {
         };
         let json = event_json(id, topic.as_str(), kind, data_json, time_ms);
         let rec = encode_record(time_ms, topic.as_str(), kind, &json);
-        eb.indexed.push((topic.clone(), seq));
         let m = eb.metas.entry(topic.clone()).or_insert_with(|| {
             TopicMeta::load(&self.shared.tree, topic.as_str()).unwrap_or_default()
         });
@@ -348,9 +345,12 @@ impl Writer {
             }
             return Err(e.into());
         }
-        self.shared
-            .index
-            .extend(eb.indexed.iter().map(|(t, s)| (t.as_str(), *s)));
+        // the topic is read back from each record's head: no copy of it per event
+        self.shared.index.extend(
+            eb.records
+                .iter()
+                .filter_map(|(seq, rec)| decode_head(rec).ok().map(|h| (h.topic, *seq))),
+        );
         commit.records.extend(eb.records);
         commit.topics.extend(eb.metas);
         Ok(())

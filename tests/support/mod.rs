@@ -189,21 +189,30 @@ pub async fn connections(base: &str, transport: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// A raw TLS connection over `tcp` offering only HTTP/1.1, trusting any certificate.
-pub async fn tls_h1(
+/// A raw TLS connection over `tcp`, trusting any certificate, offering the ALPN
+/// protocols given (none: no ALPN).
+pub async fn tls_over(
     tcp: tokio::net::TcpStream,
+    alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     init();
     let mut cfg = rustls::ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(CertRecorder::default()))
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
         .unwrap()
+}
+
+/// A raw TLS connection over `tcp` offering only HTTP/1.1, trusting any certificate.
+pub async fn tls_h1(
+    tcp: tokio::net::TcpStream,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_over(tcp, &[b"http/1.1"]).await
 }
 
 /// HTTPS client trusting the self-signed certificate; ALPN offers h2 and http/1.1.
