@@ -224,6 +224,7 @@ pub async fn run(
     let background = vec![
         tokio::spawn(stalls.run()),
         tokio::spawn(retention_loop(state.clone())),
+        tokio::spawn(receipts_loop(state.clone())),
         tokio::spawn(lease_expiry_loop(state.clone())),
         tokio::spawn(crate::http::admin::stats_loop(state.clone())),
     ];
@@ -391,6 +392,24 @@ async fn lease_expiry_loop(state: AppState) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Writes delivered marks every 200 ms and lets receipts go with their events.
+async fn receipts_loop(state: AppState) {
+    const WEEK_MS: u64 = 7 * 24 * 3600 * 1000;
+    let max_age_ms = match state.config.storage.retention_max_age_secs {
+        0 => WEEK_MS,
+        secs => secs.saturating_mul(1000),
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        match state.log.tend_receipts(max_age_ms, now_ms()).await {
+            Ok(_) => {}
+            Err(StoreError::Closed) => return,
+            Err(e) => tracing::warn!(error = %e, "cannot write delivery receipts"),
         }
     }
 }

@@ -75,6 +75,11 @@ pub struct SubscriberGuard {
 }
 
 impl SubscriberGuard {
+    /// Who, how, since when.
+    pub fn info(&self) -> &SubscriberInfo {
+        &self.entry.info
+    }
+
     pub fn delivered(&self, n: usize) {
         self.entry.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }

@@ -9,7 +9,9 @@
  *     topics: ["users/42"],              // patterns allowed: "users/*", "users/**"
  *     token: jwt,                        // or a function returning one; sent as access_token
  *     types: ["job.completed"],          // event types to listen for over SSE (see below)
- *     onEvent: function (ev) {},         // {id, topic, type, data, time}: exactly once, in order
+ *     onEvent: function (ev) {},         // {id, topic, type, data, time}: exactly once, in order;
+ *                                        // one published with "receipt": true is acknowledged
+ *                                        // to the server once this returned
  *     onStatus: function (st) {},        // {state, event, transport, reason, lastId, ...}
  *     onReady: function (r) {},          // {lastId, transport}: once, when the server has the
  *                                        // subscription at a fixed position; every event
@@ -62,6 +64,10 @@
   var QUICK_PROBE_MS = 5000;
   /** A remembered fallback older than this is forgotten: the network has likely changed. */
   var MEMORY_MAX_AGE_MS = 24 * 3600 * 1000;
+  /** Acknowledgements of events that asked for a receipt wait this long to share a request. */
+  var ACK_DELAY_MS = 200;
+  /** Acknowledgements kept while the server cannot be reached (the oldest go first). */
+  var MAX_ACKS = 10000;
 
   var DEFAULTS = {
     topics: null,
@@ -245,6 +251,9 @@
     this._epoch = '';
     this._pinned = false;
     this._isReady = false;
+    this._acks = [];
+    this._ackInFlight = false;
+    this._ackFails = 0;
     this._hadErrors = false;
     this._restarted = false;
     this._probeDue = false;
@@ -284,6 +293,7 @@
   P.close = function () {
     if (this._closed && this.state === 'closed') return;
     this._stop();
+    this._sendAcks(); // what was handed to the app is still acknowledged
     this.state = 'closed';
     this._status('closed');
   };
@@ -989,6 +999,48 @@
     if (ev && typeof ev.type === 'string' && ev.type !== '*' && ev.type.indexOf('surepush.') !== 0) {
       this._emit(ev.type, ev);
     }
+    if (id && ev.receipt === true) this._queueAck(id);
+  };
+
+  // ---------------------------------------------------------------- receipts
+
+  // An event published with "receipt": true is acknowledged once it was handed to the
+  // app: ids gather for ACK_DELAY_MS and go in one small POST (text/plain, so no CORS
+  // preflight), retried with backoff until the server has them.
+  P._queueAck = function (id) {
+    this._acks.push(id);
+    if (this._acks.length > MAX_ACKS) this._acks.splice(0, this._acks.length - MAX_ACKS);
+    if (!this._timers.ack && !this._ackInFlight) this._scheduleAck(ACK_DELAY_MS);
+  };
+
+  P._scheduleAck = function (delay) {
+    var self = this;
+    this._clearTimer('ack');
+    this._timers.ack = later(function () {
+      self._timers.ack = null;
+      self._sendAcks();
+    }, delay);
+  };
+
+  P._sendAcks = function () {
+    if (!this._acks.length || this._ackInFlight) return;
+    var self = this;
+    var ids = this._acks.splice(0, 1000);
+    this._ackInFlight = true;
+    this._request('POST', '/v1/receipts', [], JSON.stringify({ ids: ids }), 15000, function (res) {
+      self._ackInFlight = false;
+      var st = res.status;
+      if (st === 200 || (st >= 400 && st < 500 && st !== 408 && st !== 429)) {
+        // done, or refused for good (the answer says why; retrying cannot help)
+        if (st !== 200) self._emit('surepush.error', { status: st, code: res.body && res.body.error, message: res.body && res.body.message, receipts: ids });
+        self._ackFails = 0;
+        if (self._acks.length) self._scheduleAck(0);
+        return;
+      }
+      self._acks = ids.concat(self._acks);
+      self._ackFails += 1;
+      if (!self._closed) self._scheduleAck(Math.random() * Math.min(30000, 1000 * Math.pow(2, self._ackFails)));
+    });
   };
 
   // The server could not resume from our id (trimmed by retention, or another database):
@@ -1067,6 +1119,10 @@
 
   // GET with a timeout; cb({status, body, retryAfter}) exactly once unless aborted.
   P._get = function (path, params, timeoutMs, cb) {
+    return this._request('GET', path, params, null, timeoutMs, cb);
+  };
+
+  P._request = function (method, path, params, body, timeoutMs, cb) {
     var x = new root.XMLHttpRequest();
     var done = false;
     var timer = null;
@@ -1087,10 +1143,11 @@
       finish({ status: x.status, body: x.responseText ? parseJson(x.responseText) : null, retryAfter: ra });
     };
     try {
-      x.open('GET', this._url(path, params), true);
+      x.open(method, this._url(path, params), true);
       if (this.options.withCredentials) x.withCredentials = true;
       x.setRequestHeader('Accept', 'application/json');
-      x.send(null);
+      if (body !== null) x.setRequestHeader('Content-Type', 'text/plain');
+      x.send(body);
     } catch (e) {
       later(function () {
         finish({ status: 0, body: null, retryAfter: null });

@@ -492,6 +492,79 @@ async fn every_transport_signals_ready_before_the_first_event() {
     }
 }
 
+/// surepush.js acknowledges an event that asked for a receipt once it handed it to the
+/// app, over SSE and over long polling (EventSource deleted), through the proxy; the
+/// receipts then show it delivered and acknowledged, with the transport.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_acknowledges_events_that_ask_for_a_receipt() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start().await;
+    for (label, eventsource, transport) in
+        [("sse", true, "sse_stream"), ("longpoll", false, "longpoll")]
+    {
+        let Some(b) = Browser::launch().await else {
+            return;
+        };
+        if !eventsource {
+            b.before_page_scripts("delete window.EventSource; window.EventSource = undefined;")
+                .await;
+        }
+        let proxy = HostileProxy::start(ProxyMode::Pass, server.addr, true).await;
+        let topic = format!("receipts/{label}");
+        b.goto(&format!("{}/demo?topic={topic}", proxy.base_url()))
+            .await;
+        wait_for(&b, "ready", Duration::from_secs(20), |s| {
+            s["ready"].as_array().is_some_and(|r| !r.is_empty())
+        })
+        .await;
+        let r = client()
+            .post(server.url("/v1/publish"))
+            .json(&json!([
+                {"topic": topic, "data": "please confirm", "receipt": true},
+                {"topic": topic, "data": "no receipt"}
+            ]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let ids: Value = r.json().await.unwrap();
+        let wanted = ids["ids"][0].as_str().unwrap().to_string();
+        wait_for(&b, "both events", Duration::from_secs(20), |s| {
+            ids_len(s) >= 2
+        })
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let receipts = loop {
+            let r: Value = client()
+                .get(server.url(&format!("/v1/events/{wanted}/receipts")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if r["acknowledged"] == 1 {
+                break r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: never acknowledged: {r:#}\n{}",
+                b.console().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let row = &receipts["receipts"][0];
+        assert_eq!(row["subject"], "anonymous", "{receipts:#}");
+        assert_eq!(row["transport"], transport, "{label}: {receipts:#}");
+        assert!(row["delivered_at"].is_string() && row["acknowledged_at"].is_string());
+        eprintln!("BROWSER-RECEIPT | {label:<8} | {receipts}");
+    }
+}
+
+fn ids_len(s: &Value) -> usize {
+    ids(s).len()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn server_restart_mid_stream_loses_nothing() {
     let _serial = SERIAL.lock().await;

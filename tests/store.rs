@@ -49,6 +49,7 @@ fn open_with_metrics(path: &Path, cfg: &StorageConfig) -> (EventLog, Arc<Metrics
 
 fn ev(topic: &str, kind: &str, data: Value) -> NewEvent {
     NewEvent {
+        receipt: false,
         topic: Topic::parse(topic).unwrap(),
         kind: kind.into(),
         data_json: data.to_string(), // serde_json's Display is minified

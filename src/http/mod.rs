@@ -14,6 +14,7 @@ mod ops;
 pub mod params;
 mod poll;
 mod publish;
+pub mod receipts;
 pub use publish::parse_publish;
 mod sse;
 
@@ -24,6 +25,7 @@ use crate::error::ApiError;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     ops::configure(cfg);
     publish::configure(cfg);
+    receipts::configure(cfg);
     sse::configure(cfg);
     poll::configure(cfg);
     jobs::configure(cfg);

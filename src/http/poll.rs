@@ -87,6 +87,12 @@ async fn long_poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
         if !batch.events.is_empty() {
             st.metrics.delivered("longpoll", batch.events.len());
             registered.delivered(batch.events.len());
+            super::receipts::mark_delivered(
+                &st,
+                &batch.events,
+                who.as_ref().map(|w| w.sub.as_str()),
+                "longpoll",
+            );
             return Ok(events_response(
                 &batch.events,
                 st.log.id(cursor).to_string(),
@@ -126,6 +132,12 @@ async fn poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse,
         cursor = batch.scanned_to;
         if !batch.events.is_empty() || cursor >= st.log.head() {
             st.metrics.delivered("poll", batch.events.len());
+            super::receipts::mark_delivered(
+                &st,
+                &batch.events,
+                who.as_ref().map(|w| w.sub.as_str()),
+                "poll",
+            );
             return Ok(events_response(
                 &batch.events,
                 st.log.id(cursor).to_string(),

@@ -27,6 +27,9 @@ struct Item<'a> {
     kind: Option<String>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    /// Record who gets it and who acknowledges it.
+    #[serde(default)]
+    receipt: bool,
 }
 
 async fn publish(
@@ -154,6 +157,7 @@ pub fn parse_publish(body: &[u8], limits: &LimitsConfig) -> Result<Vec<NewEvent>
             topic,
             kind,
             data_json,
+            receipt: item.receipt,
         });
     }
     Ok(out)

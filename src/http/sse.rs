@@ -266,6 +266,13 @@ impl SseBody {
                     }
                     s.delivered.inc_by(n as u64);
                     s.registered.delivered(n);
+                    let info = s.registered.info();
+                    super::receipts::mark_delivered(
+                        &s.st,
+                        &batch.events,
+                        info.subject.as_deref(),
+                        info.transport,
+                    );
                     if s.mode == SseMode::Close && s.cursor >= s.st.log.head() {
                         s.done = true;
                     }

@@ -569,6 +569,6 @@ impl Writer {
         else {
             return;
         };
-        self.stage_event(&mut jb.ev, &topic, kind, data, now);
+        self.stage_event(&mut jb.ev, &topic, kind, data, now, false);
     }
 }

@@ -35,6 +35,8 @@ pub struct NewEvent {
     pub topic: Topic,
     pub kind: String,
     pub data_json: String,
+    /// Record who gets it and who acknowledges it (`receipts`).
+    pub receipt: bool,
 }
 
 /// Events after a cursor, and how far the log was examined: the next read starts after
@@ -90,6 +92,8 @@ pub(super) struct Shared {
     pub job_waiters: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Seq ranges `[from, to)` a restore skipped (see `meta::RESTORE_GAP_PREFIX`).
     pub restore_gaps: Vec<(u64, u64)>,
+    /// Delivery receipts of the events that asked for them.
+    pub receipts: super::receipts::Receipts,
     /// Backups copying events right now: retention deletes nothing while above zero.
     pub retention_hold: std::sync::atomic::AtomicU32,
 }
@@ -214,6 +218,7 @@ impl EventLog {
         let data_file = std::fs::File::open(path.join(super::SLED_DATA_FILE))
             .map_err(|e| tracing::warn!(error = %e, "cannot open sled's data file to fsync it"))
             .ok();
+        let receipts = super::receipts::Receipts::open(&tree)?;
         let shared = Arc::new(Shared {
             db,
             data_file,
@@ -232,6 +237,7 @@ impl EventLog {
             metrics,
             job_waiters: Mutex::new(std::collections::HashMap::new()),
             restore_gaps,
+            receipts,
             retention_hold: std::sync::atomic::AtomicU32::new(0),
         });
         let (tx, rx) = mpsc::channel();
@@ -246,6 +252,71 @@ impl EventLog {
 
     pub fn epoch(&self) -> u32 {
         self.shared.epoch
+    }
+
+    /// Delivery receipts: marking deliveries and reading them back.
+    pub fn receipts(&self) -> &super::receipts::Receipts {
+        &self.shared.receipts
+    }
+
+    /// Records acknowledgements of `subject` and makes them durable before returning the
+    /// seqs that asked for receipts.
+    pub async fn acknowledge(
+        &self,
+        seqs: Vec<u64>,
+        subject: String,
+    ) -> Result<Vec<u64>, StoreError> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let known = shared.receipts.acknowledge(&seqs, &subject)?;
+            if !known.is_empty() {
+                shared.db.flush()?;
+                if let Some(f) = &shared.data_file {
+                    f.sync_data()
+                        .map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
+                }
+            }
+            Ok(known)
+        })
+        .await
+    }
+
+    /// Writes the delivered marks gathered in memory; forgets receipts of events
+    /// retention removed or older than `max_age_ms`.
+    pub async fn tend_receipts(&self, max_age_ms: u64, now_ms: u64) -> Result<usize, StoreError> {
+        if !self.shared.receipts.any() {
+            return Ok(0);
+        }
+        let shared = self.shared.clone();
+        blocking(move || {
+            let written = shared.receipts.write_marks()?;
+            // oldest first: an event retention removed, or older than max_age, takes
+            // its receipts along (at most 1 000 events per call)
+            for _ in 0..1000 {
+                let Some(first) = shared.receipts.first() else {
+                    break;
+                };
+                let topic = shared.receipts.topic_of(first).unwrap_or_default();
+                let alive = shared.trimmed().alive(first, &topic);
+                let record = if alive {
+                    shared.segments.get_many(&[first])?.pop()
+                } else {
+                    None
+                };
+                let stale = match record {
+                    None => true,
+                    Some((_, rec)) => super::record::decode_head(&rec)
+                        .map(|h| now_ms.saturating_sub(h.time_ms) > max_age_ms)
+                        .unwrap_or(true),
+                };
+                if !stale {
+                    break;
+                }
+                shared.receipts.forget_upto(first)?;
+            }
+            Ok(written)
+        })
+        .await
     }
 
     pub fn head(&self) -> u64 {
@@ -438,6 +509,7 @@ impl EventLog {
             if let Some(t) = thread {
                 let _ = t.join();
             }
+            shared.receipts.write_marks()?;
             shared.sync()?;
             Ok(())
         })

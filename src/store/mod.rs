@@ -10,6 +10,7 @@ mod keys;
 mod log;
 mod meta;
 pub mod migrate;
+pub mod receipts;
 pub mod record;
 mod retention;
 mod segment;

@@ -75,6 +75,20 @@ pub fn event_json(id: EventId, topic: &str, kind: &str, data_json: &str, time_ms
     )
 }
 
+/// The same with `"receipt":true`: the client acknowledges it once handed to the app.
+pub fn event_json_with_receipt(
+    id: EventId,
+    topic: &str,
+    kind: &str,
+    data_json: &str,
+    time_ms: u64,
+) -> String {
+    let mut json = event_json(id, topic, kind, data_json, time_ms);
+    json.pop();
+    json.push_str(",\"receipt\":true}");
+    json
+}
+
 pub fn rfc3339(time_ms: u64) -> String {
     let nanos = i128::from(time_ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)

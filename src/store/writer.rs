@@ -16,7 +16,9 @@ use tokio::sync::oneshot;
 use super::job_ops::{JobOp, JobReply};
 use super::log::{NewEvent, Shared};
 use super::meta::{self, TopicMeta};
-use super::record::{decode_head, decode_record, encode_record, event_json};
+use super::record::{
+    decode_head, decode_record, encode_record, event_json, event_json_with_receipt,
+};
 use super::retention::TrimPlan;
 use super::{keys, now_ms, StoreError};
 use crate::config::{Durability, StorageConfig};
@@ -188,6 +190,8 @@ pub(super) struct EventBatch {
     pub batch: sled::Batch,
     pub metas: HashMap<Topic, TopicMeta>,
     pub records: Vec<(u64, Vec<u8>)>,
+    /// Events that asked for delivery receipts (their `r` keys are in `batch`).
+    pub wanted: Vec<(u64, Box<str>)>,
 }
 
 impl Commit {
@@ -305,6 +309,7 @@ impl Writer {
         kind: &str,
         data_json: &str,
         time_ms: u64,
+        receipt: bool,
     ) -> EventId {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -312,7 +317,14 @@ impl Writer {
             seq,
             epoch: self.shared.epoch,
         };
-        let json = event_json(id, topic.as_str(), kind, data_json, time_ms);
+        let json = if receipt {
+            eb.batch
+                .insert(&super::receipts::wanted_key(seq), topic.as_str().as_bytes());
+            eb.wanted.push((seq, topic.as_str().into()));
+            event_json_with_receipt(id, topic.as_str(), kind, data_json, time_ms)
+        } else {
+            event_json(id, topic.as_str(), kind, data_json, time_ms)
+        };
         let rec = encode_record(time_ms, topic.as_str(), kind, &json);
         let m = eb.metas.entry(topic.clone()).or_insert_with(|| {
             TopicMeta::load(&self.shared.tree, topic.as_str()).unwrap_or_default()
@@ -351,6 +363,9 @@ impl Writer {
                 .iter()
                 .filter_map(|(seq, rec)| decode_head(rec).ok().map(|h| (h.topic, *seq))),
         );
+        if !eb.wanted.is_empty() {
+            self.shared.receipts.note_wanted(eb.wanted);
+        }
         commit.records.extend(eb.records);
         commit.topics.extend(eb.metas);
         Ok(())
@@ -368,7 +383,16 @@ impl Writer {
         for (events, _) in &publishes {
             let ids: Vec<EventId> = events
                 .iter()
-                .map(|ev| self.stage_event(&mut eb, &ev.topic, &ev.kind, &ev.data_json, time_ms))
+                .map(|ev| {
+                    self.stage_event(
+                        &mut eb,
+                        &ev.topic,
+                        &ev.kind,
+                        &ev.data_json,
+                        time_ms,
+                        ev.receipt,
+                    )
+                })
                 .collect();
             ids_per_request.push(ids);
         }

@@ -205,6 +205,7 @@ pub async fn stats_loop(st: AppState) {
             topic: topic.clone(),
             kind: STATS_TYPE.to_string(),
             data_json,
+            receipt: false,
         };
         if let Err(e) = st.log.publish(vec![event]).await {
             tracing::warn!(error = %e, "cannot publish dashboard statistics");

@@ -269,6 +269,7 @@ async fn publish(
             topic: topic.clone(),
             kind: kind.clone(),
             data_json: minify_json(&form.data),
+            receipt: false,
         }])
         .await?;
     let id = ids.first().map(|i| i.to_string()).unwrap_or_default();

@@ -30,7 +30,12 @@ fuzz_target!(|input: &[u8]| {
         Some(i) => (&input[..i], Some(&input[i + 1..])),
         None => (input, None),
     };
-    let mut req = TestRequest::with_uri(&format!("/v1/stream?{}", as_query(query)));
+    let query = as_query(query);
+    // the HTTP layer refuses request lines this long before any handler (431)
+    if query.len() > 60_000 {
+        return;
+    }
+    let mut req = TestRequest::with_uri(&format!("/v1/stream?{query}"));
     if let Some(Ok(v)) = header.map(HeaderValue::from_bytes) {
         req = req.insert_header(("Last-Event-ID", v));
     }
