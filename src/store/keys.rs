@@ -7,6 +7,8 @@
 //!   removed from sled at open)
 //! - `t` topic                   -> topic metadata
 //! - `m` name                    -> database metadata (schema, epoch, next_seq, ...)
+//! - `r` seq(8, BE), `s` seq(8, BE) subject -> delivery receipts (see `receipts`)
+//! - `J`, `R`, `L`, `D`, `K`, `C`  -> job queues (see `jobs`)
 
 pub const EVENT: u8 = b'e';
 pub const INDEX: u8 = b'i';
