@@ -73,6 +73,7 @@ pub async fn run(a: &CompareArgs) -> io::Result<bool> {
             addr,
             pub_addr: addr,
             pids: a.nchan_pid.into_iter().collect(),
+            receipts: false,
         });
     }
     if let Some(addr) = a.pushpin {
@@ -83,6 +84,7 @@ pub async fn run(a: &CompareArgs) -> io::Result<bool> {
             addr,
             pub_addr: a.pushpin_pub.unwrap_or(addr),
             pids: a.pushpin_pid.into_iter().collect(),
+            receipts: false,
         });
     }
     let mut fan: BTreeMap<(String, usize), Vec<Outcome>> = BTreeMap::new();

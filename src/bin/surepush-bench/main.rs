@@ -108,6 +108,9 @@ enum Cmd {
         pub_addr: Option<SocketAddr>,
         #[arg(long, default_value_t = 100)]
         streams_per_conn: usize,
+        /// Publish with `"receipt": true` (fan-out then marks deliveries).
+        #[arg(long)]
+        receipts: bool,
     },
     /// Idle capacity: connections held and server RSS per idle SSE connection.
     Idle {
@@ -191,6 +194,7 @@ pub fn surepush_target(server: &child::Server, proto: Proto) -> Target {
         addr: server.addr,
         pub_addr: server.addr,
         pids: vec![server.pid],
+        receipts: false,
     }
 }
 
@@ -218,6 +222,7 @@ fn main() -> ExitCode {
                 addr,
                 pub_addr,
                 streams_per_conn,
+                receipts,
             } => {
                 suite::fanout_cmd(
                     &common,
@@ -230,6 +235,7 @@ fn main() -> ExitCode {
                         addr,
                         pub_addr,
                         streams_per_conn,
+                        receipts,
                     },
                 )
                 .await

@@ -21,6 +21,7 @@ pub struct FanoutArgs {
     pub addr: Option<SocketAddr>,
     pub pub_addr: Option<SocketAddr>,
     pub streams_per_conn: usize,
+    pub receipts: bool,
 }
 
 fn bad(m: String) -> io::Error {
@@ -86,11 +87,15 @@ pub async fn fanout_cmd(common: &Common, a: FanoutArgs) -> io::Result<bool> {
             addr,
             pub_addr: a.pub_addr.unwrap_or(addr),
             pids: Vec::new(),
+            receipts: false,
         });
     } else {
         let c = Children::start(common, &protos, &[])?;
         targets.extend(protos.iter().map(|p| c.target(*p)));
         _children = c;
+    }
+    for t in &mut targets {
+        t.receipts = a.receipts && t.kind == Kind::Surepush;
     }
     let mut ok = true;
     for n in &a.subs {

@@ -74,6 +74,8 @@ pub struct Target {
     pub pub_addr: SocketAddr,
     /// Processes whose RSS (with their descendants) is the server's.
     pub pids: Vec<u32>,
+    /// surepush: publish with `"receipt": true` (delivery receipts marked on fan-out).
+    pub receipts: bool,
 }
 
 /// Where a subscriber resumes from.
@@ -143,7 +145,12 @@ impl Target {
         let ct = [("Content-Type", "application/json")];
         let (head, body) = match self.kind {
             Kind::Surepush => {
-                let body = format!("{{\"topic\":\"{ch}\",\"data\":\"{marker}\"}}");
+                let receipt = if self.receipts {
+                    ",\"receipt\":true"
+                } else {
+                    ""
+                };
+                let body = format!("{{\"topic\":\"{ch}\",\"data\":\"{marker}\"{receipt}}}");
                 c.call("POST", "/v1/publish", &ct, Some(body.as_bytes()))
                     .await?
             }
