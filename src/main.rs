@@ -17,6 +17,7 @@ async fn main() -> std::process::ExitCode {
         Command::Admin(a) => cli::admin::run(a),
         Command::Token(a) => cli::token::run(a),
         Command::Publish(a) => cli::publish::run(a).await,
+        Command::Receipts(a) => cli::receipts::run(a).await,
         Command::Tail(a) => cli::tail::run(a).await,
         Command::Worker(a) => cli::worker::run(a).await,
         Command::Doctor(a) => cli::doctor::run(a).await,

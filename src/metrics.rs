@@ -43,6 +43,9 @@ pub struct Metrics {
     pub job_attempts: Counter,
     pub lease_expiries: Counter,
     pub job_latency_seconds: Histogram,
+    pub receipt_ack_seconds: Histogram,
+    pub receipt_events: Gauge,
+    pub receipt_unacknowledged: Gauge,
     pub queue_jobs: Family<QueueStateLabels, Gauge>,
 }
 
@@ -170,6 +173,26 @@ impl Metrics {
             "Time from enqueue to outcome (succeeded, failed or dead)",
             job_latency_seconds.clone(),
         );
+        let receipt_ack_seconds = Histogram::new([
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+        ]);
+        registry.register(
+            "receipt_ack_seconds",
+            "Time from publish to a subscriber's first acknowledgement, for events published with receipt",
+            receipt_ack_seconds.clone(),
+        );
+        let receipt_events = Gauge::default();
+        registry.register(
+            "receipt_events",
+            "Events kept that asked for delivery receipts",
+            receipt_events.clone(),
+        );
+        let receipt_unacknowledged = Gauge::default();
+        registry.register(
+            "receipt_unacknowledged",
+            "Deliveries of such events (per subject) not acknowledged yet",
+            receipt_unacknowledged.clone(),
+        );
         let queue_jobs = Family::<QueueStateLabels, Gauge>::default();
         registry.register("queue_jobs", "Jobs per queue and state", queue_jobs.clone());
         Metrics {
@@ -177,6 +200,9 @@ impl Metrics {
             job_attempts,
             lease_expiries,
             job_latency_seconds,
+            receipt_ack_seconds,
+            receipt_events,
+            receipt_unacknowledged,
             queue_jobs,
             connections,
             events_published,

@@ -190,8 +190,86 @@ async fn receipts_record_delivery_and_acknowledgement_per_subject_and_transport(
     let (status, _) = acknowledge(&s, &bob, &[&wanted]).await;
     assert_eq!(status, 200);
     let r = receipts_until(&s, &backend, &wanted, |r| r["acknowledged"] == 2).await;
+    // metrics: two first acknowledgements timed, carol's delivery still open
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = client()
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        let now = (
+            value("surepush_receipt_ack_seconds_count"),
+            value("surepush_receipt_events"),
+            value("surepush_receipt_unacknowledged"),
+        );
+        if now == (Some(2.0), Some(1.0), Some(1.0)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(row(&r, "alice")["acknowledged_at"].is_string());
     assert!(row(&r, "bob")["acknowledged_at"].is_string());
+
+    // the CLI: publish with --receipt, read the receipts as a table and as JSON
+    let cli = |args: Vec<String>| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_surepush"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let base = s.base_url.clone();
+    let args = |rest: &[&str]| -> Vec<String> {
+        rest.iter()
+            .map(|a| a.to_string())
+            .chain(["--insecure".into(), "--token".into(), backend.clone()])
+            .collect()
+    };
+    let table = cli(args(&["receipts", &base, &wanted]));
+    assert!(
+        table.starts_with(&format!(
+            "event {wanted} on alarms/7: delivered to 3, acknowledged by 2\n"
+        )),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("carol") && l.contains("poll") && l.ends_with(" -")),
+        "{table}"
+    );
+    let as_json: Value =
+        serde_json::from_str(&cli(args(&["receipts", &base, &wanted, "--json"]))).unwrap();
+    assert_eq!(as_json["acknowledged"], 2);
+    let id = cli(args(&[
+        "publish",
+        &base,
+        "alarms/8",
+        "--data",
+        "\"pump 3\"",
+        "--receipt",
+    ]));
+    let (status, r8) = receipts(&s, &backend, id.trim()).await;
+    assert_eq!(
+        (status, r8["topic"].clone()),
+        (200, json!("alarms/8")),
+        "{r8}"
+    );
     assert!(row(&r, "carol")["acknowledged_at"].is_null());
 
     // who may read and acknowledge
@@ -234,6 +312,11 @@ async fn receipts_record_delivery_and_acknowledgement_per_subject_and_transport(
         (422, json!("invalid_id")),
         "{e}"
     );
+    // another database's id (a client from before a restore) is nothing to mark, not an error
+    let (seq, epoch) = wanted.split_once('-').unwrap();
+    let foreign = format!("{seq}-{:08x}", u32::from_str_radix(epoch, 16).unwrap() ^ 1);
+    let (status, a) = acknowledge(&s, &alice, &[&foreign]).await;
+    assert_eq!((status, a["acknowledged"].clone()), (200, json!([])), "{a}");
     let r = client()
         .post(s.url("/v1/receipts"))
         .bearer_auth(&alice)

@@ -54,6 +54,12 @@ pub enum Command {
         after_help = "Examples:\n  surepush publish https://127.0.0.1:8443 users/42 --type greeting --data '{\"hi\":1}' --insecure\n  echo '[1,2,3]' | surepush publish https://push.example users/42 --data - --token \"$JWT\""
     )]
     Publish(PublishArgs),
+    /// Who got an event published with `--receipt` (or `"receipt": true`), over which
+    /// transport, and who acknowledged it.
+    #[command(
+        after_help = "Needs a token allowed to publish to the event's topic, or an admin token.\n\nExamples:\n  ID=$(surepush publish https://127.0.0.1:8443 alarms/7 --data '\"pump 3\"' --receipt --insecure --token \"$JWT\")\n  surepush receipts https://127.0.0.1:8443 \"$ID\" --insecure --token \"$JWT\"\n  surepush receipts https://push.example 42-1a2b3c4d --json --token \"$JWT\""
+    )]
+    Receipts(ReceiptsArgs),
     /// Print events of topics as JSON lines, following them over a chosen transport.
     #[command(
         after_help = "Examples:\n  surepush tail https://127.0.0.1:8443 'users/**' --insecure\n  surepush tail https://127.0.0.1:8443 users/42 --transport longpoll --since 0 --count 10 --insecure"
@@ -192,6 +198,22 @@ pub struct PublishArgs {
     /// Event data as JSON; `-` reads it from stdin.
     #[arg(long, default_value = "null")]
     pub data: String,
+    /// Ask for delivery receipts (read them with `surepush receipts`).
+    #[arg(long)]
+    pub receipt: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReceiptsArgs {
+    /// Server base URL, e.g. https://127.0.0.1:8443
+    pub url: String,
+    /// The event's id, as `publish` printed it (e.g. 42-1a2b3c4d).
+    pub id: String,
+    /// Print the server's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

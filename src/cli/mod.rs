@@ -9,6 +9,7 @@ pub mod init;
 mod log_escape;
 pub mod man;
 pub mod publish;
+pub mod receipts;
 pub mod serve;
 pub mod tail;
 pub mod token;

@@ -20,7 +20,10 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     let data: serde_json::Value =
         serde_json::from_str(&data_text).context("--data is not valid JSON")?;
     let http = client::build(&args.client)?;
-    let body = serde_json::json!({"topic": args.topic, "type": args.kind, "data": data});
+    let mut body = serde_json::json!({"topic": args.topic, "type": args.kind, "data": data});
+    if args.receipt {
+        body["receipt"] = serde_json::Value::Bool(true);
+    }
     let req = http
         .post(client::endpoint(&args.url, "/v1/publish"))
         .json(&body);

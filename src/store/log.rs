@@ -268,7 +268,13 @@ impl EventLog {
     ) -> Result<Vec<u64>, StoreError> {
         let shared = self.shared.clone();
         blocking(move || {
-            let known = shared.receipts.acknowledge(&seqs, &subject)?;
+            let (known, latencies) = shared.receipts.acknowledge(&seqs, &subject)?;
+            for ms in latencies {
+                shared
+                    .metrics
+                    .receipt_ack_seconds
+                    .observe(ms as f64 / 1000.0);
+            }
             if !known.is_empty() {
                 shared.db.flush()?;
                 if let Some(f) = &shared.data_file {
@@ -284,6 +290,10 @@ impl EventLog {
     /// Writes the delivered marks gathered in memory; forgets receipts of events
     /// retention removed or older than `max_age_ms`.
     pub async fn tend_receipts(&self, max_age_ms: u64, now_ms: u64) -> Result<usize, StoreError> {
+        let m = &self.shared.metrics;
+        m.receipt_events.set(self.shared.receipts.events() as i64);
+        m.receipt_unacknowledged
+            .set(self.shared.receipts.unacknowledged() as i64);
         if !self.shared.receipts.any() {
             return Ok(0);
         }

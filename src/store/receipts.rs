@@ -3,8 +3,8 @@
 //! app and said so: acknowledged), per token subject, with times and the transport.
 //!
 //! Keys in the log tree:
-//! - `r` seq(8, BE)             -> topic: the event asked for receipts (written in the
-//!   same batch as the event, so the two are durable together)
+//! - `r` seq(8, BE)             -> time_ms(8, BE) topic: the event asked for receipts
+//!   (written in the same batch as the event, so the two are durable together)
 //! - `s` seq(8, BE) subject     -> [`Mark`] as JSON
 //!
 //! Which events asked is also kept in memory, so fan-out pays one atomic load per batch
@@ -15,7 +15,7 @@
 //! or a week when events are kept forever).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,20 @@ pub const MARK: u8 = b's';
 
 /// Longest subject kept in a mark (longer ones are cut: a subject is a token's `sub`).
 const MAX_SUBJECT: usize = 256;
+
+/// The `r` value: when the event was published, and its topic.
+pub fn wanted_value(time_ms: u64, topic: &str) -> Vec<u8> {
+    let mut v = time_ms.to_be_bytes().to_vec();
+    v.extend_from_slice(topic.as_bytes());
+    v
+}
+
+/// An event that asked for receipts.
+#[derive(Clone, Debug)]
+pub struct Wanted {
+    pub topic: Box<str>,
+    pub time_ms: u64,
+}
 
 pub fn wanted_key(seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -74,6 +88,11 @@ pub struct Mark {
 }
 
 impl Mark {
+    /// Delivered and not (yet) acknowledged.
+    fn unacknowledged(&self) -> bool {
+        self.delivered_ms.is_some() && self.acknowledged_ms.is_none()
+    }
+
     /// Keeps the first time of each kind.
     fn merge(&mut self, other: &Mark) {
         if self.delivered_ms.is_none() {
@@ -96,11 +115,13 @@ pub struct EventReceipts {
 
 pub struct Receipts {
     tree: sled::Tree,
-    /// Events that asked for receipts: seq -> topic.
-    wanted: RwLock<BTreeMap<u64, Box<str>>>,
+    /// Events that asked for receipts.
+    wanted: RwLock<BTreeMap<u64, Wanted>>,
     wanted_len: AtomicUsize,
-    /// Delivered marks not yet written.
-    pending: Mutex<HashMap<(u64, Box<str>), Mark>>,
+    /// Marks delivered and not acknowledged (written ones).
+    unacknowledged: AtomicI64,
+    /// Delivered marks not yet written: seq -> subject -> mark.
+    pending: Mutex<HashMap<u64, HashMap<Box<str>, Mark>>>,
 }
 
 impl Receipts {
@@ -109,13 +130,25 @@ impl Receipts {
         let mut wanted = BTreeMap::new();
         for kv in tree.scan_prefix([WANTED]) {
             let (k, v) = kv?;
-            if k.len() == 9 {
-                let topic = String::from_utf8_lossy(&v).into_owned();
-                wanted.insert(be_u64(&k[1..]), topic.into_boxed_str());
+            if k.len() == 9 && v.len() >= 8 {
+                let topic = String::from_utf8_lossy(&v[8..]).into_owned();
+                let w = Wanted {
+                    topic: topic.into_boxed_str(),
+                    time_ms: be_u64(&v[..8]),
+                };
+                wanted.insert(be_u64(&k[1..]), w);
+            }
+        }
+        let mut unacknowledged = 0i64;
+        for kv in tree.scan_prefix([MARK]) {
+            let (_, v) = kv?;
+            if serde_json::from_slice::<Mark>(&v).is_ok_and(|m| m.unacknowledged()) {
+                unacknowledged += 1;
             }
         }
         Ok(Receipts {
             tree: tree.clone(),
+            unacknowledged: AtomicI64::new(unacknowledged),
             wanted_len: AtomicUsize::new(wanted.len()),
             wanted: RwLock::new(wanted),
             pending: Mutex::new(HashMap::new()),
@@ -131,16 +164,26 @@ impl Receipts {
         self.any() && self.read_wanted().contains_key(&seq)
     }
 
-    fn read_wanted(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Box<str>>> {
+    /// Events that asked for receipts and are still kept.
+    pub fn events(&self) -> usize {
+        self.wanted_len.load(Ordering::Relaxed)
+    }
+
+    /// Subjects' marks delivered and not acknowledged (of the events still kept).
+    pub fn unacknowledged(&self) -> u64 {
+        self.unacknowledged.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    fn read_wanted(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Wanted>> {
         self.wanted.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_wanted(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Box<str>>> {
+    fn write_wanted(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Wanted>> {
         self.wanted.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The writer made these events durable, with their `r` keys.
-    pub(super) fn note_wanted(&self, events: impl IntoIterator<Item = (u64, Box<str>)>) {
+    pub(super) fn note_wanted(&self, events: impl IntoIterator<Item = (u64, Wanted)>) {
         let mut w = self.write_wanted();
         w.extend(events);
         self.wanted_len.store(w.len(), Ordering::Relaxed);
@@ -151,56 +194,78 @@ impl Receipts {
         let now = super::now_ms();
         let wanted = self.read_wanted();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let subject = clip(subject);
         for seq in seqs {
             if !wanted.contains_key(&seq) {
                 continue;
             }
-            pending
-                .entry((seq, clip(subject).into()))
-                .or_insert_with(|| Mark {
-                    delivered_ms: Some(now),
-                    transport: Some(transport.to_string()),
-                    acknowledged_ms: None,
-                });
+            let marks = pending.entry(seq).or_default();
+            // the first delivery counts; later ones (other connections) cost a lookup
+            if !marks.contains_key(subject) {
+                marks.insert(
+                    subject.into(),
+                    Mark {
+                        delivered_ms: Some(now),
+                        transport: Some(transport.to_string()),
+                        acknowledged_ms: None,
+                    },
+                );
+            }
         }
     }
 
     /// Writes the gathered delivered marks (merged with what is stored). Returns how many.
     pub fn write_marks(&self) -> Result<usize, StoreError> {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        let n = pending.len();
-        for ((seq, subject), mark) in pending {
-            self.merge(seq, &subject, &mark)?;
+        let mut n = 0;
+        for (seq, marks) in pending {
+            for (subject, mark) in marks {
+                self.merge(seq, &subject, &mark)?;
+                n += 1;
+            }
         }
         Ok(n)
     }
 
-    fn merge(&self, seq: u64, subject: &str, mark: &Mark) -> Result<(), StoreError> {
+    /// Merges `mark` into the stored one; returns the stored mark before and after.
+    fn merge(&self, seq: u64, subject: &str, mark: &Mark) -> Result<(Mark, Mark), StoreError> {
         let key = mark_key(seq, subject);
-        self.tree.fetch_and_update(&key, |old| {
-            let mut m: Mark = old
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .unwrap_or_default();
+        let parse = |b: Option<&[u8]>| -> Mark {
+            b.and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default()
+        };
+        let before = self.tree.fetch_and_update(&key, |old| {
+            let mut m = parse(old);
             m.merge(mark);
             serde_json::to_vec(&m).ok()
         })?;
-        Ok(())
+        let before = parse(before.as_deref());
+        let mut after = before.clone();
+        after.merge(mark);
+        let delta = i64::from(after.unacknowledged()) - i64::from(before.unacknowledged());
+        self.unacknowledged.fetch_add(delta, Ordering::Relaxed);
+        Ok((before, after))
     }
 
     /// `subject`'s client acknowledged `seqs`. Returns the seqs that asked for receipts
-    /// (others are ignored). Durable once `flush` has run (the caller does it).
-    pub fn acknowledge(&self, seqs: &[u64], subject: &str) -> Result<Vec<u64>, StoreError> {
+    /// (others are ignored) and, for each first acknowledgement, the time since the event
+    /// was published (ms). Durable once `flush` has run (the caller does it).
+    pub fn acknowledge(
+        &self,
+        seqs: &[u64],
+        subject: &str,
+    ) -> Result<(Vec<u64>, Vec<u64>), StoreError> {
         let now = super::now_ms();
-        let known: Vec<u64> = {
+        let known: Vec<(u64, u64)> = {
             let wanted = self.read_wanted();
             seqs.iter()
-                .copied()
-                .filter(|s| wanted.contains_key(s))
+                .filter_map(|s| wanted.get(s).map(|w| (*s, w.time_ms)))
                 .collect()
         };
         let subject = clip(subject);
-        for &seq in &known {
-            self.merge(
+        let mut latencies = Vec::new();
+        for &(seq, published_ms) in &known {
+            let (before, _) = self.merge(
                 seq,
                 subject,
                 &Mark {
@@ -208,13 +273,16 @@ impl Receipts {
                     ..Mark::default()
                 },
             )?;
+            if before.acknowledged_ms.is_none() {
+                latencies.push(now.saturating_sub(published_ms));
+            }
         }
-        Ok(known)
+        Ok((known.into_iter().map(|(s, _)| s).collect(), latencies))
     }
 
     /// The topic of an event that asked for receipts.
     pub fn topic_of(&self, seq: u64) -> Option<String> {
-        self.read_wanted().get(&seq).map(|t| t.to_string())
+        self.read_wanted().get(&seq).map(|w| w.topic.to_string())
     }
 
     /// Every subject's mark of one event (the delivered ones gathered but not yet
@@ -232,10 +300,8 @@ impl Receipts {
             }
         }
         let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for ((s, subject), m) in pending.iter() {
-            if *s == seq {
-                marks.entry(subject.to_string()).or_default().merge(m);
-            }
+        for (subject, m) in pending.get(&seq).into_iter().flatten() {
+            marks.entry(subject.to_string()).or_default().merge(m);
         }
         Ok(Some(EventReceipts {
             topic,
@@ -250,9 +316,16 @@ impl Receipts {
         for &s in &gone {
             let mut batch = sled::Batch::default();
             batch.remove(&wanted_key(s));
-            for k in self.tree.scan_prefix(mark_prefix(s)).keys() {
-                batch.remove(k?);
+            let mut unacknowledged = 0;
+            for kv in self.tree.scan_prefix(mark_prefix(s)) {
+                let (k, v) = kv?;
+                if serde_json::from_slice::<Mark>(&v).is_ok_and(|m| m.unacknowledged()) {
+                    unacknowledged += 1;
+                }
+                batch.remove(k);
             }
+            self.unacknowledged
+                .fetch_sub(unacknowledged, Ordering::Relaxed);
             self.tree.apply_batch(batch)?;
         }
         let mut w = self.write_wanted();
@@ -283,7 +356,8 @@ mod tests {
     #[test]
     fn delivered_then_acknowledged_keeps_the_first_times() {
         let (_d, t) = tree();
-        t.insert(wanted_key(7), "alarms/1").unwrap();
+        t.insert(wanted_key(7), wanted_value(1_000, "alarms/1"))
+            .unwrap();
         let r = Receipts::open(&t).unwrap();
         assert!(r.any() && r.wants(7) && !r.wants(8));
         r.delivered([7, 8], "alice", "sse_stream");
@@ -296,7 +370,15 @@ mod tests {
             "pending marks are shown before they are written"
         );
         assert_eq!(r.write_marks().unwrap(), 1);
-        assert_eq!(r.acknowledge(&[7, 8], "alice").unwrap(), vec![7]);
+        assert_eq!((r.events(), r.unacknowledged()), (1, 1));
+        let (known, latencies) = r.acknowledge(&[7, 8], "alice").unwrap();
+        assert_eq!(known, vec![7]);
+        assert_eq!(latencies.len(), 1, "the first acknowledgement is timed");
+        assert_eq!(r.unacknowledged(), 0);
+        assert!(
+            r.acknowledge(&[7], "alice").unwrap().1.is_empty(),
+            "a repeat is not"
+        );
         r.delivered([7], "alice", "poll");
         r.write_marks().unwrap();
         let m = &r.of_event(7).unwrap().unwrap().marks[0];
@@ -311,8 +393,14 @@ mod tests {
         // reopened: the same
         let again = Receipts::open(&t).unwrap();
         assert_eq!(again.of_event(7).unwrap(), r.of_event(7).unwrap());
+        r.delivered([7], "bob", "poll");
+        r.write_marks().unwrap();
+        assert_eq!(r.unacknowledged(), 1);
+        let again = Receipts::open(&t).unwrap();
+        assert_eq!(again.unacknowledged(), 1, "counted again at open");
         assert_eq!(again.forget_upto(7).unwrap(), 1);
         assert!(!again.any() && again.of_event(7).unwrap().is_none());
+        assert_eq!(again.unacknowledged(), 0);
         assert_eq!(t.scan_prefix([MARK]).count(), 0);
     }
 

@@ -191,7 +191,7 @@ pub(super) struct EventBatch {
     pub metas: HashMap<Topic, TopicMeta>,
     pub records: Vec<(u64, Vec<u8>)>,
     /// Events that asked for delivery receipts (their `r` keys are in `batch`).
-    pub wanted: Vec<(u64, Box<str>)>,
+    pub wanted: Vec<(u64, super::receipts::Wanted)>,
 }
 
 impl Commit {
@@ -318,9 +318,17 @@ impl Writer {
             epoch: self.shared.epoch,
         };
         let json = if receipt {
-            eb.batch
-                .insert(&super::receipts::wanted_key(seq), topic.as_str().as_bytes());
-            eb.wanted.push((seq, topic.as_str().into()));
+            eb.batch.insert(
+                &super::receipts::wanted_key(seq),
+                super::receipts::wanted_value(time_ms, topic.as_str()),
+            );
+            eb.wanted.push((
+                seq,
+                super::receipts::Wanted {
+                    topic: topic.as_str().into(),
+                    time_ms,
+                },
+            ));
             event_json_with_receipt(id, topic.as_str(), kind, data_json, time_ms)
         } else {
             event_json(id, topic.as_str(), kind, data_json, time_ms)
