@@ -536,3 +536,78 @@ async fn pages_and_answers_carry_security_headers() {
     assert!(r.headers().get("strict-transport-security").is_none());
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
 }
+
+/// The topic page marks events that asked for receipts and links to who got them; the
+/// receipts page lists each subject with its delivery and, until it comes, "not yet".
+#[tokio::test(flavor = "multi_thread")]
+async fn topic_page_links_to_the_receipts_of_an_event() {
+    let server = TestServer::start().await;
+    add_user(&server.data_dir, "ops");
+    let c = http();
+    let cookie = session(&c, &server.base_url, "ops").await;
+    let r = client()
+        .post(server.url("/v1/publish"))
+        .json(&json!([
+            {"topic": "plant/alarms", "data": "pump 3", "receipt": true},
+            {"topic": "plant/alarms", "data": "no receipt"}
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let ids: Value = r.json().await.unwrap();
+    let wanted = ids["ids"][0].as_str().unwrap().to_string();
+    // delivered once (a poll, no token: "anonymous"), not acknowledged
+    let page = read_events(&server.base_url, "plant/alarms", "0").await;
+    assert_eq!(page.len(), 2);
+    let get = |url: String| {
+        let (c, cookie) = (c.clone(), cookie.clone());
+        async move {
+            let r = c.get(url).header(COOKIE, cookie).send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let topic = loop {
+        let (status, html) = get(server.url("/admin/topic?name=plant/alarms")).await;
+        assert_eq!(status, StatusCode::OK);
+        if html.contains("delivered to 1, acknowledged by 0") {
+            break html;
+        }
+        assert!(std::time::Instant::now() < deadline, "{html}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let link = format!("/admin/receipts?id={wanted}");
+    assert!(topic.contains(&format!("href=\"{link}\"")), "{topic}");
+    assert_eq!(
+        topic.matches("class=\"small receipts\"").count(),
+        1,
+        "one event asked"
+    );
+    let (status, html) = get(server.url(&link)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("<code>anonymous</code>") && html.contains("not yet"),
+        "{html}"
+    );
+    // acknowledged: the page says when
+    let r = client()
+        .post(server.url("/v1/receipts"))
+        .body(json!({"ids": [wanted]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, html) = get(server.url(&link)).await;
+    assert!(
+        html.contains("delivered to 1, acknowledged by 1") && !html.contains("not yet"),
+        "{html}"
+    );
+    // without a session: the login page; an event that did not ask: 404
+    assert_eq!(
+        get_status(&c, &server.url(&link), "").await,
+        StatusCode::SEE_OTHER
+    );
+    let plain = ids["ids"][1].as_str().unwrap();
+    let (status, _) = get(server.url(&format!("/admin/receipts?id={plain}"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

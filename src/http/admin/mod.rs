@@ -7,6 +7,7 @@ mod error;
 mod jobs;
 mod login;
 mod precheck;
+mod receipts;
 mod settings;
 mod tokens;
 mod topics;
@@ -28,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     login::configure(cfg);
     dashboard::configure(cfg);
     topics::configure(cfg);
+    receipts::configure(cfg);
     connections::configure(cfg);
     jobs::configure(cfg);
     tokens::configure(cfg);

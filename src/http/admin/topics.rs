@@ -28,7 +28,7 @@ pub struct TopicRow {
     pub link: String,
 }
 
-fn topic_link(name: &str) -> String {
+pub(super) fn topic_link(name: &str) -> String {
     let q: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("name", name)
         .finish();
@@ -87,6 +87,8 @@ pub struct EventRow {
     pub kind: String,
     pub time: String,
     pub data: String,
+    /// Events that asked for receipts: the summary and the link to them.
+    pub receipts: Option<(String, String)>,
 }
 
 #[derive(Template)]
@@ -158,6 +160,16 @@ async fn render_topic(
         .topic_page(topic.as_str(), before_seq, EVENTS_PER_PAGE + 1)
         .await?;
     let more = events.len() > EVENTS_PER_PAGE;
+    let log = st.log.clone();
+    let asked: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    let receipts = crate::store::blocking(move || {
+        let r = log.receipts();
+        Ok(asked
+            .into_iter()
+            .filter_map(|seq| r.of_event(seq).ok().flatten().map(|x| (seq, x)))
+            .collect::<std::collections::HashMap<_, _>>())
+    })
+    .await?;
     let rows: Vec<EventRow> = events
         .iter()
         .take(EVENTS_PER_PAGE)
@@ -165,7 +177,14 @@ async fn render_topic(
             let v: serde_json::Value =
                 serde_json::from_slice(&e.json()).unwrap_or(serde_json::Value::Null);
             let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+            let receipts = receipts.get(&e.seq).map(|r| {
+                (
+                    super::receipts::summary(r),
+                    super::receipts::link(&field("id")),
+                )
+            });
             EventRow {
+                receipts,
                 id: field("id"),
                 kind: field("type"),
                 time: field("time"),
