@@ -272,6 +272,28 @@ async fn receipts_record_delivery_and_acknowledgement_per_subject_and_transport(
     );
     assert!(row(&r, "carol")["acknowledged_at"].is_null());
 
+    // per subject: one's own, or anyone's for admins
+    let mine: Value = client()
+        .get(s.url("/v1/receipts"))
+        .bearer_auth(&carol)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["subject"], "carol");
+    assert_eq!(mine["events"][0]["id"], wanted, "{mine}");
+    assert_eq!(mine["events"][0]["transport"], "poll");
+    assert!(mine["events"][0]["acknowledged_at"].is_null());
+    let r = client()
+        .get(s.url("/v1/receipts?subject=alice"))
+        .bearer_auth(&carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "not another subject's");
+
     // who may read and acknowledge
     let (status, _) = receipts(&s, &alice, &wanted).await;
     assert_eq!(status, 403, "a subscriber does not read others' receipts");
@@ -286,6 +308,17 @@ async fn receipts_record_delivery_and_acknowledgement_per_subject_and_transport(
             surepush: Grants::default(),
         })
         .unwrap();
+    let alices: Value = client()
+        .get(s.url("/v1/receipts?subject=alice&limit=5"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(alices["events"][0]["transport"], "sse_stream", "{alices}");
+    assert!(alices["events"][0]["acknowledged_at"].is_string());
     let (status, r) = receipts(&s, &admin, &wanted).await;
     assert_eq!((status, r["acknowledged"].clone()), (200, json!(2)));
     let r = client()

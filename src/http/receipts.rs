@@ -22,8 +22,12 @@ pub const ANONYMOUS: &str = "anonymous";
 pub const MAX_ACK_IDS: usize = 1000;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/receipts").route(web::post().to(acknowledge)))
-        .service(resource("/v1/events/{id}/receipts").route(web::get().to(of_event)));
+    cfg.service(
+        resource("/v1/receipts")
+            .route(web::post().to(acknowledge))
+            .route(web::get().to(of_subject)),
+    )
+    .service(resource("/v1/events/{id}/receipts").route(web::get().to(of_event)));
 }
 
 /// Marks `events` delivered to `subject` over `transport`, if any event asks for receipts
@@ -111,6 +115,55 @@ async fn acknowledge(
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(serde_json::json!({ "acknowledged": ids })))
+}
+
+#[derive(Deserialize)]
+struct SubjectQuery {
+    subject: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Most events one subject query answers.
+const MAX_SUBJECT_ROWS: usize = 1000;
+
+/// `?subject=alice&limit=100`: what that subject got and acknowledged, newest first.
+/// A subject reads its own (the default); admins read anyone's.
+async fn of_subject(
+    req: HttpRequest,
+    q: web::Query<SubjectQuery>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let who = super::auth::principal(&req, &st)?;
+    if st.auth.enabled() && who.is_none() {
+        return Err(crate::auth::AuthError::Missing.into());
+    }
+    let own = subject_of(who.as_ref()).to_string();
+    let subject = q.subject.clone().unwrap_or_else(|| own.clone());
+    if st.auth.enabled() && subject != own && !who.as_ref().is_some_and(|w| w.admin) {
+        return Err(ApiError::Forbidden {
+            code: "forbidden",
+            message: format!("only admins read the receipts of another subject ({subject})"),
+        });
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_SUBJECT_ROWS);
+    let log = st.log.clone();
+    let who_for = subject.clone();
+    let rows = crate::store::blocking(move || log.receipts().of_subject(&who_for, limit)).await?;
+    let events: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(seq, topic, m)| {
+            serde_json::json!({
+                "id": st.log.id(*seq).to_string(),
+                "topic": topic,
+                "delivered_at": m.delivered_ms.map(rfc3339),
+                "transport": m.transport,
+                "acknowledged_at": m.acknowledged_ms.map(rfc3339),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(serde_json::json!({ "subject": subject, "events": events })))
 }
 
 fn subject_of(who: Option<&Principal>) -> &str {

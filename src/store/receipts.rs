@@ -309,6 +309,41 @@ impl Receipts {
         }))
     }
 
+    /// One subject's marks, newest event first, at most `limit`: (seq, topic, mark).
+    /// Every kept event's marks are looked at (bounded by retention).
+    pub fn of_subject(
+        &self,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, Mark)>, StoreError> {
+        let subject = clip(subject);
+        let mut found: BTreeMap<u64, Mark> = BTreeMap::new();
+        for kv in self.tree.scan_prefix([MARK]) {
+            let (k, v) = kv?;
+            if k.len() < 9 || &k[9..] != subject.as_bytes() {
+                continue;
+            }
+            if let Ok(m) = serde_json::from_slice::<Mark>(&v) {
+                found.insert(be_u64(&k[1..9]), m);
+            }
+        }
+        {
+            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for (seq, marks) in pending.iter() {
+                if let Some(m) = marks.get(subject) {
+                    found.entry(*seq).or_default().merge(m);
+                }
+            }
+        }
+        let wanted = self.read_wanted();
+        Ok(found
+            .into_iter()
+            .rev()
+            .filter_map(|(seq, m)| wanted.get(&seq).map(|w| (seq, w.topic.to_string(), m)))
+            .take(limit)
+            .collect())
+    }
+
     /// Removes the receipts of events up to `seq` (retention took them or they are too
     /// old). Returns how many events' receipts went.
     pub fn forget_upto(&self, seq: u64) -> Result<usize, StoreError> {
@@ -398,6 +433,13 @@ mod tests {
         assert_eq!(r.unacknowledged(), 1);
         let again = Receipts::open(&t).unwrap();
         assert_eq!(again.unacknowledged(), 1, "counted again at open");
+        let bobs = again.of_subject("bob", 10).unwrap();
+        assert_eq!(bobs.len(), 1);
+        assert_eq!((bobs[0].0, bobs[0].1.as_str()), (7, "alarms/1"));
+        assert!(
+            again.of_subject("bo", 10).unwrap().is_empty(),
+            "whole subjects only"
+        );
         assert_eq!(again.forget_upto(7).unwrap(), 1);
         assert!(!again.any() && again.of_event(7).unwrap().is_none());
         assert_eq!(again.unacknowledged(), 0);
