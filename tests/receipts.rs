@@ -363,6 +363,75 @@ async fn receipts_record_delivery_and_acknowledgement_per_subject_and_transport(
     let (status, e) = acknowledge(&s, &alice, &many).await;
     assert_eq!((status, e["error"].clone()), (413, json!("too_many_ids")));
 
+    // a backend waits for the third acknowledgement (a long poll on the receipts)
+    let waiting = {
+        let (c, url, t) = (
+            client(),
+            s.url(&format!(
+                "/v1/events/{wanted}/receipts?acknowledged=3&timeout=20"
+            )),
+            backend.clone(),
+        );
+        tokio::spawn(async move {
+            let r = c.get(url).bearer_auth(t).send().await.unwrap();
+            r.json::<Value>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "it waits while only two acknowledged"
+    );
+    let (status, _) = acknowledge(&s, &carol, &[&wanted]).await;
+    assert_eq!(status, 200);
+    let done = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the wait ends with the acknowledgement")
+        .unwrap();
+    assert_eq!(done["acknowledged"], 3, "{done}");
+    // more than will ever come: the answer at the timeout says how many did
+    let (status, r) = {
+        let r = client()
+            .get(s.url(&format!(
+                "/v1/events/{wanted}/receipts?acknowledged=9&timeout=1"
+            )))
+            .bearer_auth(&backend)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!((status, r["acknowledged"].clone()), (200, json!(3)));
+
+    // the CLI waits the same way; fewer than asked is exit code 3
+    let code = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_surepush"))
+            .args([
+                "receipts",
+                s.base_url.as_str(),
+                wanted.as_str(),
+                "--insecure",
+                "--token",
+                backend.as_str(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = code(&["--acknowledged", "3", "--timeout", "5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = code(&["--acknowledged", "9", "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only 3 of 9 acknowledged within 1 s"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // an acknowledgement answered is durable: the receipts survive a restart
     drop(sse);
     s.stop().await;
@@ -371,7 +440,7 @@ async fn receipts_record_delivery_and_acknowledgement_per_subject_and_transport(
     assert_eq!(status, 200, "{r:#}");
     assert_eq!(
         (r["delivered"].clone(), r["acknowledged"].clone()),
-        (json!(3), json!(2)),
+        (json!(3), json!(3)),
         "{r:#}"
     );
     assert_eq!(row(&r, "alice")["transport"], "sse_stream");

@@ -57,7 +57,7 @@ pub enum Command {
     /// Who got an event published with `--receipt` (or `"receipt": true`), over which
     /// transport, and who acknowledged it.
     #[command(
-        after_help = "Needs a token allowed to publish to the event's topic, or an admin token.\n\nExamples:\n  ID=$(surepush publish https://127.0.0.1:8443 alarms/7 --data '\"pump 3\"' --receipt --insecure --token \"$JWT\")\n  surepush receipts https://127.0.0.1:8443 \"$ID\" --insecure --token \"$JWT\"\n  surepush receipts https://push.example 42-1a2b3c4d --json --token \"$JWT\""
+        after_help = "Needs a token allowed to publish to the event's topic, or an admin token.\n\nExamples:\n  ID=$(surepush publish https://127.0.0.1:8443 alarms/7 --data '\"pump 3\"' --receipt --insecure --token \"$JWT\")\n  surepush receipts https://127.0.0.1:8443 \"$ID\" --insecure --token \"$JWT\"\n  surepush receipts https://push.example 42-1a2b3c4d --json --token \"$JWT\"\n  surepush receipts https://push.example 42-1a2b3c4d --acknowledged 2 --timeout 60 || page-the-operator"
     )]
     Receipts(ReceiptsArgs),
     /// Print events of topics as JSON lines, following them over a chosen transport.
@@ -214,6 +214,12 @@ pub struct ReceiptsArgs {
     /// Print the server's JSON answer instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Wait until this many subjects acknowledged it (up to --timeout); exit 3 when fewer did.
+    #[arg(long, value_name = "N")]
+    pub acknowledged: Option<usize>,
+    /// Seconds to wait for --acknowledged (the server caps it at push.poll_timeout_max_secs).
+    #[arg(long, default_value_t = 25)]
+    pub timeout: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -8,7 +8,18 @@ use super::client;
 pub async fn run(args: ReceiptsArgs) -> anyhow::Result<()> {
     let http = client::build(&args.client)?;
     let path = format!("/v1/events/{}/receipts", args.id);
-    let req = http.get(client::endpoint(&args.url, &path));
+    let url = match args.acknowledged {
+        Some(n) => client::url_with_query(
+            &args.url,
+            &path,
+            &[
+                ("acknowledged", n.to_string()),
+                ("timeout", args.timeout.to_string()),
+            ],
+        ),
+        None => client::endpoint(&args.url, &path),
+    };
+    let req = http.get(url);
     let resp = client::with_token(req, &args.client)
         .send()
         .await
@@ -17,9 +28,19 @@ pub async fn run(args: ReceiptsArgs) -> anyhow::Result<()> {
     let v: serde_json::Value = resp.json().await.context("reading the reply")?;
     if args.json {
         println!("{v}");
-        return Ok(());
+    } else {
+        print!("{}", table(&v));
     }
-    print!("{}", table(&v));
+    if let Some(n) = args.acknowledged {
+        let got = v["acknowledged"].as_u64().unwrap_or(0);
+        if got < n as u64 {
+            eprintln!(
+                "surepush receipts: only {got} of {n} acknowledged within {} s",
+                args.timeout
+            );
+            std::process::exit(3);
+        }
+    }
     Ok(())
 }
 

@@ -172,9 +172,18 @@ fn subject_of(who: Option<&Principal>) -> &str {
 
 /// Who got the event and who acknowledged it, per token subject. For publishers of its
 /// topic and admins.
+#[derive(Deserialize)]
+struct WaitQuery {
+    /// Answer once at least this many subjects acknowledged (or at `timeout`).
+    acknowledged: Option<usize>,
+    /// Seconds to wait for that (default and maximum: `push.poll_timeout_*`).
+    timeout: Option<u64>,
+}
+
 async fn of_event(
     req: HttpRequest,
     path: web::Path<String>,
+    q: web::Query<WaitQuery>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let who = super::auth::principal(&req, &st)?;
@@ -200,9 +209,38 @@ async fn of_event(
             });
         }
     }
-    let log = st.log.clone();
-    let found = crate::store::blocking(move || log.receipts().of_event(seq)).await?;
-    let found = found.ok_or_else(not_asked)?;
+    // `?acknowledged=N`: a backend waits (like a long poll) until N subjects confirmed
+    let cfg = &st.config.push;
+    let want = q.acknowledged.unwrap_or(0);
+    let wait = std::time::Duration::from_secs(
+        q.timeout
+            .unwrap_or(cfg.poll_timeout_default_secs)
+            .min(cfg.poll_timeout_max_secs),
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut shutdown = st.shutdown.clone();
+    let found = loop {
+        let notified = st.log.receipts().acknowledged().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let log = st.log.clone();
+        let found = crate::store::blocking(move || log.receipts().of_event(seq))
+            .await?
+            .ok_or_else(not_asked)?;
+        let acked = found
+            .marks
+            .iter()
+            .filter(|(_, m)| m.acknowledged_ms.is_some())
+            .count();
+        if acked >= want || tokio::time::Instant::now() >= deadline {
+            break found;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.wait_for(|v| *v) => break found,
+        }
+    };
     let rows: Vec<serde_json::Value> = found
         .marks
         .iter()

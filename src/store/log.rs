@@ -281,6 +281,7 @@ impl EventLog {
                     f.sync_data()
                         .map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
                 }
+                shared.receipts.acknowledged().notify_waiters();
             }
             Ok(known)
         })

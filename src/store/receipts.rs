@@ -120,6 +120,8 @@ pub struct Receipts {
     wanted_len: AtomicUsize,
     /// Marks delivered and not acknowledged (written ones).
     unacknowledged: AtomicI64,
+    /// Woken by every acknowledgement (waiters re-read what they wait for).
+    acknowledged: tokio::sync::Notify,
     /// Delivered marks not yet written: seq -> subject -> mark.
     pending: Mutex<HashMap<u64, HashMap<Box<str>, Mark>>>,
 }
@@ -149,6 +151,7 @@ impl Receipts {
         Ok(Receipts {
             tree: tree.clone(),
             unacknowledged: AtomicI64::new(unacknowledged),
+            acknowledged: tokio::sync::Notify::new(),
             wanted_len: AtomicUsize::new(wanted.len()),
             wanted: RwLock::new(wanted),
             pending: Mutex::new(HashMap::new()),
@@ -278,6 +281,11 @@ impl Receipts {
             }
         }
         Ok((known.into_iter().map(|(s, _)| s).collect(), latencies))
+    }
+
+    /// Notified after acknowledgements were recorded (register before reading).
+    pub fn acknowledged(&self) -> &tokio::sync::Notify {
+        &self.acknowledged
     }
 
     /// The topic of an event that asked for receipts.
