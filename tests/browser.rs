@@ -527,10 +527,10 @@ async fn the_client_acknowledges_events_that_ask_for_a_receipt() {
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
-        let ids: Value = r.json().await.unwrap();
-        let wanted = ids["ids"][0].as_str().unwrap().to_string();
+        let published: Value = r.json().await.unwrap();
+        let wanted = published["ids"][0].as_str().unwrap().to_string();
         wait_for(&b, "both events", Duration::from_secs(20), |s| {
-            ids_len(s) >= 2
+            ids(s).len() >= 2
         })
         .await;
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -558,11 +558,47 @@ async fn the_client_acknowledges_events_that_ask_for_a_receipt() {
         assert_eq!(row["transport"], transport, "{label}: {receipts:#}");
         assert!(row["delivered_at"].is_string() && row["acknowledged_at"].is_string());
         eprintln!("BROWSER-RECEIPT | {label:<8} | {receipts}");
-    }
-}
 
-fn ids_len(s: &Value) -> usize {
-    ids(s).len()
+        // across a reconnect: published while the path is down, delivered on the resumed
+        // connection, acknowledged through the restored path
+        proxy.set_down(true);
+        let r = client()
+            .post(server.url("/v1/publish"))
+            .json(&json!({"topic": topic, "data": "during the outage", "receipt": true}))
+            .send()
+            .await
+            .unwrap();
+        let later: Value = r.json().await.unwrap();
+        let later = later["ids"][0].as_str().unwrap().to_string();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        proxy.set_down(false);
+        wait_for(
+            &b,
+            "the event from the outage",
+            Duration::from_secs(40),
+            |s| ids(s).contains(&later),
+        )
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            let r: Value = client()
+                .get(server.url(&format!("/v1/events/{later}/receipts")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if r["acknowledged"] == 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: not acknowledged after the outage: {r:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
