@@ -220,8 +220,10 @@ impl Receipts {
     /// Writes the gathered delivered marks (merged with what is stored). Returns how many.
     pub fn write_marks(&self) -> Result<usize, StoreError> {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let wanted = self.read_wanted();
         let mut n = 0;
-        for (seq, marks) in pending {
+        // an event forgotten since its delivery was marked leaves no mark behind
+        for (seq, marks) in pending.into_iter().filter(|(s, _)| wanted.contains_key(s)) {
             for (subject, mark) in marks {
                 self.merge(seq, &subject, &mark)?;
                 n += 1;
@@ -259,12 +261,13 @@ impl Receipts {
         subject: &str,
     ) -> Result<(Vec<u64>, Vec<u64>), StoreError> {
         let now = super::now_ms();
-        let known: Vec<(u64, u64)> = {
-            let wanted = self.read_wanted();
-            seqs.iter()
-                .filter_map(|s| wanted.get(s).map(|w| (*s, w.time_ms)))
-                .collect()
-        };
+        // held while marking: `forget_upto` cannot remove the event in between and
+        // leave a mark behind
+        let wanted = self.read_wanted();
+        let known: Vec<(u64, u64)> = seqs
+            .iter()
+            .filter_map(|s| wanted.get(s).map(|w| (*s, w.time_ms)))
+            .collect();
         let subject = clip(subject);
         let mut latencies = Vec::new();
         for &(seq, published_ms) in &known {
@@ -355,7 +358,9 @@ impl Receipts {
     /// Removes the receipts of events up to `seq` (retention took them or they are too
     /// old). Returns how many events' receipts went.
     pub fn forget_upto(&self, seq: u64) -> Result<usize, StoreError> {
-        let gone: Vec<u64> = self.read_wanted().range(..=seq).map(|(s, _)| *s).collect();
+        // the write lock first: no mark is written for these events meanwhile
+        let mut w = self.write_wanted();
+        let gone: Vec<u64> = w.range(..=seq).map(|(s, _)| *s).collect();
         for &s in &gone {
             let mut batch = sled::Batch::default();
             batch.remove(&wanted_key(s));
@@ -371,11 +376,13 @@ impl Receipts {
                 .fetch_sub(unacknowledged, Ordering::Relaxed);
             self.tree.apply_batch(batch)?;
         }
-        let mut w = self.write_wanted();
         for s in &gone {
             w.remove(s);
         }
         self.wanted_len.store(w.len(), Ordering::Relaxed);
+        drop(w);
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|s, _| *s > seq);
         Ok(gone.len())
     }
 
@@ -452,6 +459,19 @@ mod tests {
         assert!(!again.any() && again.of_event(7).unwrap().is_none());
         assert_eq!(again.unacknowledged(), 0);
         assert_eq!(t.scan_prefix([MARK]).count(), 0);
+    }
+
+    #[test]
+    fn a_forgotten_event_leaves_no_mark_behind() {
+        let (_d, t) = tree();
+        t.insert(wanted_key(3), wanted_value(1, "a")).unwrap();
+        let r = Receipts::open(&t).unwrap();
+        r.delivered([3], "alice", "poll");
+        assert_eq!(r.forget_upto(3).unwrap(), 1);
+        assert_eq!(r.write_marks().unwrap(), 0);
+        assert_eq!(r.acknowledge(&[3], "alice").unwrap().0, Vec::<u64>::new());
+        assert_eq!(t.scan_prefix([MARK]).count(), 0);
+        assert_eq!(r.unacknowledged(), 0);
     }
 
     #[test]
