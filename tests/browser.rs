@@ -316,8 +316,7 @@ async fn without_eventsource_it_long_polls() {
     let server = TestServer::start().await;
     let proxy = HostileProxy::start(ProxyMode::Pass, server.addr, true).await;
     // An old browser: no EventSource before any page script runs.
-    b.before_page_scripts("delete window.EventSource; window.EventSource = undefined;")
-        .await;
+    b.before_page_scripts(NO_EVENTSOURCE).await;
     let topic = "old/browser";
     let marker = server.publish(topic, json!("marker")).await;
     b.goto(&format!(
@@ -372,8 +371,7 @@ async fn without_eventsource_an_outage_during_the_first_poll_loses_nothing() {
     };
     let server = TestServer::start().await;
     let proxy = HostileProxy::start(ProxyMode::Pass, server.addr, true).await;
-    b.before_page_scripts("delete window.EventSource; window.EventSource = undefined;")
-        .await;
+    b.before_page_scripts(NO_EVENTSOURCE).await;
     let topic = "old/outage";
     // a fresh subscription: no `since`
     b.goto(&format!("{}/demo?topic={topic}", proxy.base_url()))
@@ -437,8 +435,7 @@ async fn every_transport_signals_ready_before_the_first_event() {
             return;
         };
         if !eventsource {
-            b.before_page_scripts("delete window.EventSource; window.EventSource = undefined;")
-                .await;
+            b.before_page_scripts(NO_EVENTSOURCE).await;
         }
         let proxy = HostileProxy::start(mode, server.addr, true).await;
         let topic = if since.is_empty() {
@@ -506,8 +503,7 @@ async fn the_client_acknowledges_events_that_ask_for_a_receipt() {
             return;
         };
         if !eventsource {
-            b.before_page_scripts("delete window.EventSource; window.EventSource = undefined;")
-                .await;
+            b.before_page_scripts(NO_EVENTSOURCE).await;
         }
         let proxy = HostileProxy::start(ProxyMode::Pass, server.addr, true).await;
         let topic = format!("receipts/{label}");
@@ -533,26 +529,8 @@ async fn the_client_acknowledges_events_that_ask_for_a_receipt() {
             ids(s).len() >= 2
         })
         .await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        let receipts = loop {
-            let r: Value = client()
-                .get(server.url(&format!("/v1/events/{wanted}/receipts")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if r["acknowledged"] == 1 {
-                break r;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{label}: never acknowledged: {r:#}\n{}",
-                b.console().await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let what = format!("{label}: acknowledged");
+        let receipts = acknowledged(&b, &server, &wanted, Duration::from_secs(15), &what).await;
         let row = &receipts["receipts"][0];
         assert_eq!(row["subject"], "anonymous", "{receipts:#}");
         assert_eq!(row["transport"], transport, "{label}: {receipts:#}");
@@ -579,25 +557,39 @@ async fn the_client_acknowledges_events_that_ask_for_a_receipt() {
             |s| ids(s).contains(&later),
         )
         .await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(40);
-        loop {
-            let r: Value = client()
-                .get(server.url(&format!("/v1/events/{later}/receipts")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if r["acknowledged"] == 1 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{label}: not acknowledged after the outage: {r:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let what = format!("{label}: acknowledged after the outage");
+        acknowledged(&b, &server, &later, Duration::from_secs(40), &what).await;
+    }
+}
+
+/// Polls the receipts of `id` until one subject acknowledged it; panics with them and the
+/// page's console after `within`.
+async fn acknowledged(
+    b: &Browser,
+    server: &TestServer,
+    id: &str,
+    within: Duration,
+    what: &str,
+) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let r: Value = client()
+            .get(server.url(&format!("/v1/events/{id}/receipts")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if r["acknowledged"] == 1 {
+            return r;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: never: {r:#}\n{}",
+            b.console().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -66,6 +66,15 @@ pub fn principal(req: &HttpRequest, st: &AppState) -> Result<Option<Principal>, 
     }
 }
 
+/// The caller, required whenever auth is on (None only with auth off).
+pub fn caller(req: &HttpRequest, st: &AppState) -> Result<Option<Principal>, ApiError> {
+    let who = principal(req, st)?;
+    if st.auth.enabled() && who.is_none() {
+        return Err(crate::auth::AuthError::Missing.into());
+    }
+    Ok(who)
+}
+
 /// The page's origin (`Origin`, else the scheme and host of `Referer`, which IE11
 /// sends where it sends no `Origin`) is this server's own or one listed by name.
 fn check_origin(req: &HttpRequest, st: &AppState) -> Result<(), ApiError> {

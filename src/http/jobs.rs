@@ -48,14 +48,7 @@ fn allowed(list: &[String], queue: &str) -> bool {
     list.iter().any(|q| q == "*" || q == queue)
 }
 
-/// The caller, required whenever auth is on.
-fn caller(req: &HttpRequest, st: &AppState) -> Result<Option<Principal>, ApiError> {
-    let who = super::auth::principal(req, st)?;
-    if st.auth.enabled() && who.is_none() {
-        return Err(AuthError::Missing.into());
-    }
-    Ok(who)
-}
+use super::auth::caller;
 
 fn require(who: &Option<Principal>, queue: &str, right: Right) -> Result<(), ApiError> {
     let Some(p) = who else { return Ok(()) }; // auth disabled

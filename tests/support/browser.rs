@@ -410,6 +410,9 @@ pub async fn publish_batch(base: &str, topic: &str, n: usize, first: usize) -> V
         .collect()
 }
 
+/// A page script that makes the browser an old one (IE11): no EventSource.
+pub const NO_EVENTSOURCE: &str = "delete window.EventSource; window.EventSource = undefined;";
+
 /// What the demo page has seen: transport, reason, state, received ids (with arrival
 /// times), resets, ready signals ({lastId, transport, at}), and the status events as
 /// "event:transport:reason:time".
